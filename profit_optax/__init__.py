@@ -1,0 +1,28 @@
+"""profit_optax: PROFIT, the proximal fine-tuning optimizer, for JAX and Optax.
+
+PROFIT (Chakravarthy et al., arXiv 2412.01930) fine-tunes a converged model on a
+nearby distribution while keeping what it knew: every step explores with a
+reference optimizer, then takes the main optimizer's step from the anchor with
+the new gradient stripped of its component against the exploration.
+"""
+
+from profit_optax._src.profit import ProfitDiagnostics as ProfitDiagnostics
+from profit_optax._src.profit import ProfitState as ProfitState
+from profit_optax._src.profit import find_profit_state as find_profit_state
+from profit_optax._src.profit import get_diagnostics as get_diagnostics
+from profit_optax._src.profit import profit as profit
+from profit_optax._src.step import ProfitStepOutput as ProfitStepOutput
+from profit_optax._src.step import profit_step as profit_step
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ProfitDiagnostics",
+    "ProfitState",
+    "ProfitStepOutput",
+    "__version__",
+    "find_profit_state",
+    "get_diagnostics",
+    "profit",
+    "profit_step",
+]

@@ -1,0 +1,1 @@
+"""Implementation modules of profit_optax; import from `profit_optax` instead."""

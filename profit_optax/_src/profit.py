@@ -1,0 +1,665 @@
+"""PROFIT as an optax gradient transformation.
+
+PROFIT (Chakravarthy et al., arXiv 2412.01930, Algorithm 1) wraps a main
+optimizer ``O`` and a reference optimizer ``O_ref``. One PROFIT step:
+
+1. remember the current parameters as the anchor;
+2. take ``n_ref`` steps of ``O_ref``, each on a new batch;
+3. ``Δ = θ - anchor``; ``g`` is the gradient of a new batch at the displaced θ;
+4. if ``ω = <Δ, g> < 0``, remove from ``g`` its component along ``Δ``;
+5. restore θ to the anchor and let ``O`` take one step from there with ``g``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from optax._src import base
+
+__all__ = [
+    "ProfitDiagnostics",
+    "ProfitState",
+    "find_profit_state",
+    "get_diagnostics",
+    "profit",
+]
+
+
+# --------------------------------------------------------------------------
+# State
+# --------------------------------------------------------------------------
+
+
+class _Static:
+  """A pytree node with no leaves that carries a Python value as metadata.
+
+  It lets :class:`ProfitState` record ``n_ref`` without adding an array leaf,
+  so a Python driver can read it without waiting for the device.
+  """
+
+  __slots__ = ("value",)
+
+  def __init__(self, value: Any):
+    self.value = value
+
+  def __repr__(self) -> str:
+    return f"Static({self.value!r})"
+
+  def __eq__(self, other: object) -> bool:
+    return isinstance(other, _Static) and other.value == self.value
+
+  def __hash__(self) -> int:
+    return hash(("profit_optax.Static", self.value))
+
+
+jax.tree_util.register_pytree_node(
+    _Static, lambda s: ((), s.value), lambda value, _: _Static(value)
+)
+
+
+class ProfitDiagnostics(NamedTuple):
+  """What the last completed PROFIT step measured.
+
+  All values are scalars; before the first PROFIT step completes they are zero
+  (``projected`` is ``False``).
+
+  Attributes:
+    omega: ``ω = <Δ, g>``, the inner product of the reference displacement and
+      the new gradient (before projection), accumulated in at least float32.
+    cos: cosine of the angle between ``g`` and ``Δ``; zero when either is zero.
+    projected: whether ``ω < 0``, so that ``g`` lost its component along ``Δ``.
+    delta_norm: ``‖Δ‖``, the Euclidean norm of the reference displacement.
+  """
+
+  omega: jax.Array
+  cos: jax.Array
+  projected: jax.Array
+  delta_norm: jax.Array
+
+
+class ProfitState(NamedTuple):
+  """State of the transformation returned by :func:`profit`.
+
+  Attributes:
+    count: int32 scalar, how many calls of the current cycle have been taken
+      (``0`` at a cycle boundary, ``1..n_ref`` after reference calls).
+    step: int32 scalar, how many PROFIT steps have completed (saturating). The
+      default reference learning rate schedule is evaluated at this count.
+    anchor: the parameters at the start of the current cycle (same tree,
+      shapes and dtypes as the parameters). Meaningful only while
+      ``count > 0``.
+    ref_state: state of the reference optimizer; restarted every cycle.
+    inner_state: state of the main optimizer; it advances once per PROFIT
+      step.
+    diagnostics: :class:`ProfitDiagnostics` of the last completed step.
+    n_ref: the number of reference calls per cycle, kept as pytree metadata
+      (it has no array leaf). Read it as ``int(state.n_ref.value)``.
+  """
+
+  count: jax.Array
+  step: jax.Array
+  anchor: base.Params
+  ref_state: base.OptState
+  inner_state: base.OptState
+  diagnostics: ProfitDiagnostics
+  n_ref: _Static
+
+
+def _zero_diagnostics() -> ProfitDiagnostics:
+  zero = jnp.zeros((), jnp.float32)
+  return ProfitDiagnostics(
+      omega=zero, cos=zero, projected=jnp.zeros((), jnp.bool_), delta_norm=zero
+  )
+
+
+def find_profit_state(state: base.OptState) -> ProfitState:
+  """Returns the :class:`ProfitState` inside an optimizer state.
+
+  The state may be the PROFIT state itself or any state that contains it: an
+  ``optax.chain`` tuple, ``optax.inject_hyperparams``, ``optax.MultiSteps``,
+  ``optax.apply_if_finite``, ``optax.masked`` and so on.
+
+  Args:
+    state: an optimizer state.
+
+  Returns:
+    The one :class:`ProfitState` found in ``state``.
+
+  Raises:
+    ValueError: if ``state`` holds no PROFIT state, or more than one.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, profit_optax
+    >>> tx = optax.chain(optax.clip_by_global_norm(1.0),
+    ...                  profit_optax.profit(optax.sgd(0.1), 0.01))
+    >>> state = tx.init({'w': jnp.zeros(3)})
+    >>> int(profit_optax.find_profit_state(state).n_ref.value)
+    1
+  """
+  is_profit = lambda x: isinstance(x, ProfitState)
+  found = [
+      leaf
+      for leaf in jax.tree_util.tree_leaves(state, is_leaf=is_profit)
+      if is_profit(leaf)
+  ]
+  if not found:
+    raise ValueError(
+        "`state` holds no PROFIT state: pass the state returned by the `init`"
+        " of a transformation built with `profit_optax.profit` (possibly inside"
+        f" optax.chain or another wrapper); got a {type(state).__name__}."
+    )
+  if len(found) > 1:
+    raise ValueError(
+        f"`state` holds {len(found)} PROFIT states; a single PROFIT"
+        " transformation per optimizer is supported here."
+    )
+  return found[0]
+
+
+def get_diagnostics(state: base.OptState) -> ProfitDiagnostics:
+  """Returns the diagnostics of the last completed PROFIT step.
+
+  Args:
+    state: a PROFIT state, or any optimizer state that contains one (see
+      :func:`find_profit_state`).
+
+  Returns:
+    A :class:`ProfitDiagnostics` with ``omega``, ``cos``, ``projected`` and
+    ``delta_norm``. All are zero (``projected`` False) before the first step.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, profit_optax
+    >>> tx = profit_optax.profit(optax.sgd(0.1), ref_learning_rate=0.5)
+    >>> params = jnp.array([1.0, 2.0])
+    >>> state = tx.init(params)
+    >>> grad = jax.grad(lambda p: 0.5 * jnp.sum(p**2))
+    >>> for _ in range(2):  # one reference call, then the main call
+    ...   updates, state = tx.update(grad(params), state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> d = profit_optax.get_diagnostics(state)
+    >>> print(f"{float(d.omega):.4f} {float(d.cos):.1f} {bool(d.projected)}")
+    -1.2500 -1.0 True
+  """
+  return find_profit_state(state).diagnostics
+
+
+# --------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------
+
+
+def _is_concrete_number(x: Any) -> bool:
+  if isinstance(x, (bool, np.bool_)):
+    return False
+  if isinstance(x, numbers.Real):
+    return True
+  if isinstance(x, (np.ndarray, jax.Array)) and not isinstance(
+      x, jax.core.Tracer
+  ):
+    return np.ndim(x) == 0
+  return False
+
+
+def _check_rate(name: str, value: Any) -> None:
+  """Checks a learning rate given as a number, array or schedule."""
+  if callable(value):
+    return  # a schedule; it is evaluated inside the computation.
+  if isinstance(value, jax.core.Tracer):
+    return  # injected by optax.inject_hyperparams: checked by the caller.
+  if isinstance(value, (bool, np.bool_)) or not (
+      isinstance(value, numbers.Real)
+      or (isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0)
+  ):
+    raise TypeError(
+        f"`{name}` must be a non-negative float or an optax schedule (a"
+        f" callable of the step count); got {value!r} of type"
+        f" {type(value).__name__}."
+    )
+  if _is_concrete_number(value):
+    v = float(value)
+    if not np.isfinite(v) or v < 0:
+      raise ValueError(
+          f"`{name}` must be finite and >= 0; got {v!r}. Pass a rate such as"
+          " 1e-4 (the paper uses lr_main/10 to lr_main/10000)."
+      )
+
+
+def _check_n_ref(n_ref: Any) -> int:
+  if isinstance(n_ref, jax.core.Tracer) or (
+      isinstance(n_ref, jax.Array) and not isinstance(n_ref, numbers.Integral)
+  ):
+    raise TypeError(
+        "`n_ref` must be a static Python int, but it was given as an array."
+        " With optax.inject_hyperparams, declare it static:"
+        " `optax.inject_hyperparams(profit_optax.profit,"
+        " static_args=('n_ref',))`."
+    )
+  if isinstance(n_ref, (bool, np.bool_)) or not isinstance(
+      n_ref, numbers.Integral
+  ):
+    raise TypeError(
+        f"`n_ref` must be an int >= 1 (the number of reference steps per"
+        f" PROFIT step; the paper uses 1); got {n_ref!r} of type"
+        f" {type(n_ref).__name__}."
+    )
+  if n_ref < 1:
+    raise ValueError(
+        f"`n_ref` must be >= 1 (the number of reference steps per PROFIT"
+        f" step; the paper uses 1); got {n_ref}."
+    )
+  return int(n_ref)
+
+
+def _check_transformation(name: str, tx: Any) -> None:
+  if not (
+      hasattr(tx, "init")
+      and hasattr(tx, "update")
+      and callable(tx.init)
+      and callable(tx.update)
+  ):
+    raise TypeError(
+        f"`{name}` must be an optax GradientTransformation (an object with"
+        f" `init` and `update`), e.g. optax.adam(1e-3); got {tx!r}."
+    )
+
+
+def _check_params(params: Any) -> None:
+  if params is None:
+    raise ValueError(
+        base.NO_PARAMS_MSG
+        + " PROFIT needs them: call `update(grads, state, params)`."
+    )
+
+
+def _check_same_tree(
+    name: str, tree: Any, params: Any, what: str = "params"
+) -> None:
+  t1 = jax.tree_util.tree_structure(tree)
+  t2 = jax.tree_util.tree_structure(params)
+  if t1 != t2:
+    raise ValueError(
+        f"`{name}` must have the same tree structure as `{what}`: pass one"
+        f" gradient leaf per parameter leaf. Got {name}: {t1}; {what}: {t2}."
+    )
+  for i, (a, b) in enumerate(
+      zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(params))
+  ):
+    if jnp.shape(a) != jnp.shape(b):
+      raise ValueError(
+          f"`{name}` leaf {i} has shape {jnp.shape(a)} but the matching"
+          f" `{what}` leaf has shape {jnp.shape(b)}; gradients must match the"
+          " parameters leaf by leaf."
+      )
+
+
+# --------------------------------------------------------------------------
+# Tree maths
+# --------------------------------------------------------------------------
+
+
+def _acc_dtype(dtype: Any) -> Any:
+  """The dtype in which inner products are accumulated: >= float32."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _tree_vdot(a: Any, b: Any) -> jax.Array:
+  """<a, b> over all leaves, accumulated in at least float32."""
+  parts = [
+      jnp.vdot(
+          x.astype(_acc_dtype(x.dtype)),
+          y.astype(_acc_dtype(y.dtype)),
+          precision=jax.lax.Precision.HIGHEST,
+      ).real
+      for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+  ]
+  if not parts:
+    return jnp.zeros((), jnp.float32)
+  dtype = jnp.result_type(*parts)
+  return sum((p.astype(dtype) for p in parts), jnp.zeros((), dtype))
+
+
+def _tree_displacement(params: Any, anchor: Any) -> Any:
+  """``params - anchor`` per leaf, in at least float32."""
+  return jax.tree.map(
+      lambda p, a: p.astype(_acc_dtype(p.dtype)) - a.astype(_acc_dtype(p.dtype)),
+      params,
+      anchor,
+  )
+
+
+def _cast_like(tree: Any, like: Any) -> Any:
+  return jax.tree.map(lambda x, y: jnp.asarray(x).astype(y.dtype), tree, like)
+
+
+# --------------------------------------------------------------------------
+# The transformation
+# --------------------------------------------------------------------------
+
+_GradFn = Callable[[base.Params, jax.Array], base.Updates]
+
+
+def profit(
+    optimizer: base.GradientTransformation,
+    ref_learning_rate: Optional[base.ScalarOrSchedule],
+    n_ref: int = 1,
+    *,
+    ref_optimizer: Optional[base.GradientTransformation] = None,
+) -> base.GradientTransformationExtraArgs:
+  r"""PROFIT: proximal fine-tuning around a main optimizer.
+
+  Each PROFIT step anchors the parameters :math:`\theta_a`, takes ``n_ref``
+  steps of the reference optimizer (plain SGD with ``ref_learning_rate`` by
+  default), measures the displacement :math:`\Delta = \theta - \theta_a` and
+  the gradient :math:`g` of a new batch at the displaced point, and, when
+  :math:`\omega = \langle \Delta, g \rangle < 0`, projects :math:`g` onto the
+  hyperplane orthogonal to :math:`\Delta`:
+
+  .. math::
+    g \leftarrow g - \frac{\langle g, \Delta\rangle}{\langle \Delta, \Delta
+    \rangle} \Delta .
+
+  The main optimizer then steps from the anchor:
+  :math:`\theta \leftarrow \theta_a + O(g; \theta_a)`.
+
+  There are two ways to drive it.
+
+  *One gradient per call* (the default). ``n_ref + 1`` consecutive calls of
+  ``update`` make one PROFIT step, each with the gradient of a new batch at the
+  current parameters. Calls ``1..n_ref`` are reference calls (the first one
+  stores the anchor) and return the reference optimizer's update; call
+  ``n_ref + 1`` returns ``(anchor - params) + O(g)`` so that
+  ``optax.apply_updates`` lands on ``anchor + O(g)`` (up to one rounding).
+  The main optimizer does no work on reference calls (``lax.cond``), its
+  state and schedules advance once per PROFIT step, and the reference
+  optimizer's state restarts every cycle.
+
+  *Whole step in one call*. ``update(grads, state, params, grad_fn=fn)``
+  runs a complete PROFIT step: ``grads`` (the gradient at ``params``) drives
+  the first reference step and ``fn(params, i)``, for ``i = 0..n_ref-1``,
+  returns the gradient of the ``(i+1)``-th batch of the step at the given
+  parameters (``i`` is a traced int32 scalar: index stacked batches with it).
+  The returned update is exactly ``O(g)`` relative to ``params``. This mode
+  starts a new cycle at ``params``; do not switch to it in the middle of a
+  cycle of the default mode. Transformations chained *before* PROFIT see only
+  ``grads``, not the gradients ``fn`` returns: put clipping and similar
+  preprocessing inside ``optimizer`` instead.
+
+  Numerics: the inner products are accumulated in at least float32, a zero
+  displacement never produces NaN (the projection needs ``ω < 0``, which a
+  zero ``Δ`` cannot give), and updates keep each parameter leaf's dtype. The
+  two branches of every decision are separate ``lax.cond`` branches, never
+  blended arithmetically, so an inf in one cannot leak into the other as NaN.
+
+  PROFIT is meant for fine-tuning a converged model on a nearby distribution
+  with stochastic mini-batches. Where the new gradient is exactly parallel to
+  the displacement (a deterministic isotropic quadratic, full-batch
+  gradients), the projection removes it entirely and the step returns to the
+  anchor: this is the stable point of the paper's Sec. 3.3, not a bug.
+
+  Args:
+    optimizer: the main optimizer ``O``, any optax transformation (it may be
+      a chain, e.g. with gradient clipping or weight decay; weight decay then
+      acts on the anchor, which is the ``params`` the main optimizer sees).
+    ref_learning_rate: learning rate of the default reference optimizer, plain
+      SGD; a non-negative float or an optax schedule evaluated at the number
+      of completed PROFIT steps. The paper recommends a value between
+      ``lr_main / 10`` and ``lr_main / 10000``. Must be ``None`` when
+      ``ref_optimizer`` is given.
+    n_ref: the number of reference steps per PROFIT step, a static int >= 1
+      (the paper uses 1). Not injectable with ``optax.inject_hyperparams``:
+      list it in ``static_args``.
+    ref_optimizer: replaces the default reference optimizer
+      ``optax.sgd(ref_learning_rate)``. Its state restarts every PROFIT step,
+      so a schedule inside it sees only the step's ``0..n_ref-1`` counts.
+
+  Returns:
+    A :class:`optax.GradientTransformationExtraArgs` whose state is a
+    :class:`ProfitState`. Unknown extra keyword arguments of ``update`` are
+    forwarded to the main optimizer (which ignores those it does not know).
+
+  Raises:
+    TypeError: if ``optimizer`` or ``ref_optimizer`` is not a transformation,
+      ``n_ref`` is not an int, or ``ref_learning_rate`` is not a number or a
+      schedule.
+    ValueError: if ``n_ref < 1``, a rate is negative or not finite, or
+      neither/both of ``ref_learning_rate`` and ``ref_optimizer`` are given.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, profit_optax
+    >>> tx = profit_optax.profit(optax.adam(1e-2), ref_learning_rate=1e-3)
+    >>> params = {'w': jnp.array([1.0, -2.0])}
+    >>> state = tx.init(params)
+    >>> loss = lambda p, x: jnp.sum((p['w'] - x) ** 2)
+    >>> batches = jnp.array([[0.1, 0.2], [0.3, -0.1], [0.0, 0.4], [0.2, 0.1]])
+    >>> for x in batches:  # two PROFIT steps of two calls each
+    ...   grads = jax.grad(loss)(params, x)
+    ...   updates, state = tx.update(grads, state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> print(params['w'], int(state.step))
+    [ 0.98 -1.98] 2
+
+  References:
+    Chakravarthy et al., `PROFIT: A Specialized Optimizer for Deep Fine
+    Tuning <https://arxiv.org/abs/2412.01930>`_, 2024
+  """
+  _check_transformation("optimizer", optimizer)
+  n_ref = _check_n_ref(n_ref)
+  if ref_optimizer is None:
+    if ref_learning_rate is None:
+      raise TypeError(
+          "`ref_learning_rate` is required (there is no default): pass a"
+          " float such as lr_main / 10 (the paper's range is lr_main/10 to"
+          " lr_main/10000), an optax schedule, or pass `ref_optimizer=`."
+      )
+    _check_rate("ref_learning_rate", ref_learning_rate)
+    use_default_ref = True
+  else:
+    _check_transformation("ref_optimizer", ref_optimizer)
+    if ref_learning_rate is not None:
+      raise ValueError(
+          "Pass either `ref_learning_rate` (for the default SGD reference"
+          " optimizer) or `ref_optimizer`, not both: set"
+          " `ref_learning_rate=None` when giving `ref_optimizer`, and put the"
+          " rate inside it."
+      )
+    use_default_ref = False
+
+  def ref_init(params):
+    if use_default_ref:
+      return base.EmptyState()
+    return ref_optimizer.init(params)
+
+  def ref_update(grads, ref_state, params, step):
+    """One reference step: returns (descent update, new ref_state)."""
+    if use_default_ref:
+      if callable(ref_learning_rate):
+        lr = ref_learning_rate(step)
+      else:
+        lr = ref_learning_rate
+      updates = jax.tree.map(
+          lambda g: (-lr * g.astype(_acc_dtype(g.dtype))).astype(g.dtype),
+          grads,
+      )
+      return updates, ref_state
+    updates, ref_state = ref_optimizer.update(grads, ref_state, params)
+    return _cast_like(updates, params), ref_state
+
+  def init_fn(params):
+    _check_params(params)
+    return ProfitState(
+        count=jnp.zeros((), jnp.int32),
+        step=jnp.zeros((), jnp.int32),
+        anchor=jax.tree.map(jnp.asarray, params),
+        ref_state=ref_init(params),
+        inner_state=optimizer.init(params),
+        diagnostics=_zero_diagnostics(),
+        n_ref=_Static(n_ref),
+    )
+
+  def main_step(grads, delta, inner_state, anchor, extra_args):
+    """Projection and main optimizer step from the anchor.
+
+    Returns the main optimizer's update (relative to ``anchor``), its new state
+    and the diagnostics.
+    """
+    omega = _tree_vdot(delta, grads)
+    dd = _tree_vdot(delta, delta)
+    gg = _tree_vdot(grads, grads)
+    projected = jnp.logical_and(omega < 0, dd > 0)
+
+    def project(g):
+      coef = omega / dd
+      return jax.tree.map(
+          lambda gi, di: (
+              gi.astype(di.dtype) - coef.astype(di.dtype) * di
+          ).astype(gi.dtype),
+          g,
+          delta,
+      )
+
+    grads = jax.lax.cond(projected, project, lambda g: g, grads)
+    denom = jnp.sqrt(dd) * jnp.sqrt(gg)
+    cos = jnp.where(denom > 0, omega / jnp.where(denom > 0, denom, 1.0), 0.0)
+    diagnostics = ProfitDiagnostics(
+        omega=omega.astype(jnp.float32),
+        cos=cos.astype(jnp.float32),
+        projected=projected,
+        delta_norm=jnp.sqrt(dd).astype(jnp.float32),
+    )
+    updates, new_inner = optimizer.update(
+        grads, inner_state, anchor, **extra_args
+    )
+    new_inner = _match_state_types(new_inner, inner_state)
+    return _cast_like(updates, anchor), new_inner, diagnostics
+
+  def transparent_update(updates, state, params, extra_args):
+    n = n_ref
+
+    def reference_call(operands):
+      grads, state, params = operands
+      anchor = jax.lax.cond(
+          state.count == 0, lambda: params, lambda: state.anchor
+      )
+      ref_state = state.ref_state
+      ref_updates, ref_state = ref_update(grads, ref_state, params, state.step)
+      ref_state = _match_state_types(ref_state, state.ref_state)
+      new_state = state._replace(
+          count=state.count + 1, anchor=anchor, ref_state=ref_state
+      )
+      return ref_updates, new_state
+
+    def main_call(operands):
+      grads, state, params = operands
+      anchor = state.anchor
+      delta = _tree_displacement(params, anchor)
+      main_updates, inner_state, diagnostics = main_step(
+          grads, delta, state.inner_state, anchor, extra_args
+      )
+      # params + out == anchor + main_updates, up to one rounding.
+      out = jax.tree.map(
+          lambda a, p, u: (
+              (a.astype(_acc_dtype(a.dtype)) - p.astype(_acc_dtype(a.dtype)))
+              + u.astype(_acc_dtype(a.dtype))
+          ).astype(p.dtype),
+          anchor,
+          params,
+          main_updates,
+      )
+      new_state = state._replace(
+          count=jnp.zeros_like(state.count),
+          step=optax.safe_increment(state.step),
+          ref_state=_match_state_types(ref_init(params), state.ref_state),
+          inner_state=inner_state,
+          diagnostics=diagnostics,
+      )
+      return out, new_state
+
+    return jax.lax.cond(
+        state.count >= n, main_call, reference_call, (updates, state, params)
+    )
+
+  def whole_step_update(updates, state, params, grad_fn, extra_args):
+    ref_state0 = ref_init(params)
+
+    def body(carry, i):
+      theta, ref_state, grads = carry
+      ref_updates, new_ref_state = ref_update(
+          grads, ref_state, theta, state.step
+      )
+      new_ref_state = _match_state_types(new_ref_state, ref_state)
+      theta = optax.apply_updates(theta, ref_updates)
+      new_grads = grad_fn(theta, i)
+      _check_same_tree("grad_fn(params, i)", new_grads, params)
+      return (theta, new_ref_state, _cast_like(new_grads, params)), None
+
+    carry0 = (params, ref_state0, _cast_like(updates, params))
+    (theta, _, grads), _ = jax.lax.scan(
+        body, carry0, jnp.arange(n_ref, dtype=jnp.int32)
+    )
+    delta = _tree_displacement(theta, params)
+    main_updates, inner_state, diagnostics = main_step(
+        grads, delta, state.inner_state, params, extra_args
+    )
+    new_state = state._replace(
+        count=jnp.zeros_like(state.count),
+        step=optax.safe_increment(state.step),
+        ref_state=_match_state_types(ref_init(params), state.ref_state),
+        inner_state=inner_state,
+        diagnostics=diagnostics,
+    )
+    return main_updates, new_state
+
+  def update_fn(
+      updates: base.Updates,
+      state: ProfitState,
+      params: Optional[base.Params] = None,
+      *,
+      grad_fn: Optional[_GradFn] = None,
+      **extra_args: Any,
+  ) -> tuple[base.Updates, ProfitState]:
+    _check_params(params)
+    if not isinstance(state, ProfitState):
+      raise TypeError(
+          "`state` must be the ProfitState returned by this transformation's"
+          f" `init`; got {type(state).__name__}."
+      )
+    _check_same_tree("updates", updates, params)
+    if grad_fn is None:
+      return transparent_update(updates, state, params, extra_args)
+    if not callable(grad_fn):
+      raise TypeError(
+          "`grad_fn` must be a callable (params, i) -> gradients; got"
+          f" {grad_fn!r}."
+      )
+    return whole_step_update(updates, state, params, grad_fn, extra_args)
+
+  return base.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _match_state_types(new: Any, old: Any) -> Any:
+  """Casts ``new`` to the dtypes of ``old`` leaf by leaf.
+
+  Keeps optimizer states type-stable across ``lax.cond`` branches and
+  ``lax.scan`` iterations even where an inner optimizer promotes a dtype.
+  """
+  new_leaves, treedef = jax.tree_util.tree_flatten(new)
+  old_leaves, old_treedef = jax.tree_util.tree_flatten(old)
+  if treedef != old_treedef:
+    raise ValueError(
+        "An inner optimizer changed the structure of its state during"
+        f" `update` (from {old_treedef} to {treedef}); PROFIT needs"
+        " optimizers whose state keeps one structure."
+    )
+  out = [
+      jnp.asarray(n_leaf).astype(o_leaf.dtype)
+      if hasattr(o_leaf, "dtype")
+      else n_leaf
+      for n_leaf, o_leaf in zip(new_leaves, old_leaves)
+  ]
+  return jax.tree_util.tree_unflatten(treedef, out)

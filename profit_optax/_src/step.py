@@ -1,0 +1,270 @@
+"""``profit_step``: one whole PROFIT step over ``n_ref + 1`` batches, jitted."""
+
+from __future__ import annotations
+
+import collections.abc
+import functools
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from optax._src import base
+
+from profit_optax._src.profit import find_profit_state
+
+__all__ = ["ProfitStepOutput", "profit_step"]
+
+
+class ProfitStepOutput(NamedTuple):
+  """What :func:`profit_step` returns.
+
+  Attributes:
+    params: the parameters after the PROFIT step.
+    opt_state: the optimizer state after the PROFIT step (at a cycle boundary).
+    metrics: a dict of arrays: ``loss`` (shape ``(n_ref + 1,)``, the loss of
+      each sub-step: ``n_ref`` reference batches, then the main batch at the
+      displaced parameters), ``omega``, ``cos``, ``projected`` and
+      ``delta_norm`` (scalars, see :class:`ProfitDiagnostics`).
+    model_state: the new model state (e.g. Flax ``batch_stats``) when
+      ``model_state`` was given, else ``None``.
+    aux: with ``has_aux=True``, the auxiliary output of every sub-step stacked
+      on a leading axis of length ``n_ref + 1``; else ``None``.
+  """
+
+  params: base.Params
+  opt_state: base.OptState
+  metrics: dict[str, jax.Array]
+  model_state: Any
+  aux: Any
+
+
+def _split_loss_output(out: Any, has_aux: bool, with_model_state: bool):
+  """Returns (loss, (new_model_state, aux)) from what loss_fn returned."""
+  if not with_model_state and not has_aux:
+    loss, new_ms, aux = out, None, None
+  else:
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+      want = (
+          "(loss, (new_model_state, aux))"
+          if with_model_state and has_aux
+          else "(loss, new_model_state)"
+          if with_model_state
+          else "(loss, aux)"
+      )
+      raise TypeError(
+          f"`loss_fn` must return {want} with these options; got a"
+          f" {type(out).__name__}."
+      )
+    loss, rest = out
+    if with_model_state and has_aux:
+      if not (isinstance(rest, (tuple, list)) and len(rest) == 2):
+        raise TypeError(
+            "With `model_state` and `has_aux=True`, `loss_fn` must return"
+            " (loss, (new_model_state, aux))."
+        )
+      new_ms, aux = rest
+    elif with_model_state:
+      new_ms, aux = rest, None
+    else:
+      new_ms, aux = None, rest
+  if jnp.ndim(loss) != 0:
+    raise TypeError(
+        "`loss_fn` must return a scalar loss (reduce over the batch, e.g."
+        f" with jnp.mean); got shape {jnp.shape(loss)}."
+    )
+  return loss, (new_ms, aux)
+
+
+@functools.lru_cache(maxsize=128)
+def _build_core(
+    loss_fn: Callable[..., Any],
+    optimizer: base.GradientTransformation,
+    has_aux: bool,
+    with_model_state: bool,
+    donate: bool,
+):
+  """Builds the jitted core once per (loss_fn, optimizer, options)."""
+
+  def sub_loss(params, model_state, batch):
+    if with_model_state:
+      out = loss_fn(params, model_state, batch)
+    else:
+      out = loss_fn(params, batch)
+    return _split_loss_output(out, has_aux, with_model_state)
+
+  value_and_grad = jax.value_and_grad(sub_loss, has_aux=True)
+
+  def core(params, opt_state, model_state, batches):
+    def body(carry, batch):
+      params, opt_state = carry
+      # Every sub-step sees the model state of the anchor: the forward passes
+      # of the reference sub-steps leave no trace in it.
+      (loss, (new_ms, aux)), grads = value_and_grad(params, model_state, batch)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+      return (params, opt_state), (loss, new_ms, aux)
+
+    (params, opt_state), (losses, new_ms, aux) = jax.lax.scan(
+        body, (params, opt_state), batches
+    )
+    # Keep the model state of the main sub-step's forward pass (the last one).
+    new_ms = jax.tree.map(lambda x: x[-1], new_ms)
+    diag = find_profit_state(opt_state).diagnostics
+    metrics = {
+        "loss": losses,
+        "omega": diag.omega,
+        "cos": diag.cos,
+        "projected": diag.projected,
+        "delta_norm": diag.delta_norm,
+    }
+    return ProfitStepOutput(params, opt_state, metrics, new_ms, aux)
+
+  return jax.jit(core, donate_argnums=(0, 1, 2) if donate else ())
+
+
+def _stack_batches(batches: Any, n: int) -> Any:
+  """Pulls ``n`` batches from an iterator, or checks an already stacked tree."""
+  if isinstance(batches, collections.abc.Iterator):
+    pulled = []
+    for _ in range(n):
+      try:
+        pulled.append(next(batches))
+      except StopIteration:
+        raise ValueError(
+            f"`batches` ran out after {len(pulled)} of the {n} batches a PROFIT"
+            f" step needs (n_ref + 1 = {n}); nothing was applied. Give an"
+            " iterator with enough batches (e.g. cycle over epochs)."
+        ) from None
+    structs = [jax.tree_util.tree_structure(b) for b in pulled]
+    if any(s != structs[0] for s in structs):
+      raise ValueError(
+          "The batches pulled from `batches` have different tree structures:"
+          f" {structs}. Every batch must have the same structure."
+      )
+
+    def stack(*xs):
+      if any(isinstance(x, jax.Array) for x in xs):
+        return jnp.stack(xs)
+      return np.stack([np.asarray(x) for x in xs])
+
+    return jax.tree.map(stack, *pulled)
+
+  leaves = jax.tree_util.tree_leaves(batches)
+  if not leaves:
+    raise ValueError(
+        "`batches` is empty: pass an iterator of batches or a pytree of arrays"
+        f" stacked on a leading axis of length n_ref + 1 = {n}."
+    )
+  for leaf in leaves:
+    shape = np.shape(leaf)
+    if not shape or shape[0] != n:
+      raise ValueError(
+          "`batches` must be an iterator of batches, or a pytree whose every"
+          f" leaf is stacked on a leading axis of length n_ref + 1 = {n}; got a"
+          f" leaf of shape {shape}. Wrap a list of batches with iter(...), or"
+          f" stack exactly {n} batches."
+      )
+  return batches
+
+
+def profit_step(
+    loss_fn: Callable[..., Any],
+    optimizer: base.GradientTransformation,
+    params: base.Params,
+    opt_state: base.OptState,
+    batches: Any,
+    *,
+    has_aux: bool = False,
+    model_state: Optional[Any] = None,
+    donate: bool = False,
+) -> ProfitStepOutput:
+  """Runs one whole PROFIT step over ``n_ref + 1`` batches in one jitted call.
+
+  A Python driver: it pulls ``n_ref + 1`` batches from ``batches`` (or takes
+  them already stacked), then calls a jitted core, built once per
+  ``(loss_fn, optimizer, options)`` and cached, which scans over the batches
+  with ``lax.scan``. Each sub-step computes the gradient of ``loss_fn`` on its
+  batch at the current parameters and calls ``optimizer.update`` in the
+  one-gradient-per-call mode of :func:`profit`, whose ``lax.cond`` chooses the
+  reference or the main branch and the projection when ``ω < 0``. The step
+  therefore matches ``n_ref + 1`` hand-written calls exactly, and any chain
+  around PROFIT (clipping, masking) sees every gradient.
+
+  ``optimizer`` must contain a :func:`profit` transformation and ``opt_state``
+  must be at a cycle boundary, as it is after ``init`` and after every
+  ``profit_step``.
+
+  Model state (Flax ``batch_stats`` and the like): every sub-step's forward
+  pass sees the model state given here (the anchor's); the updates that the
+  reference forward passes make to it are discarded, and the state returned
+  is the one produced by the main sub-step's forward pass. Like the
+  parameters, the model state is restored to the anchor after the
+  exploration, and it absorbs one batch per PROFIT step, as it would in one
+  standard training step.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch)`` returning a scalar loss, or
+      ``(loss, aux)`` with ``has_aux=True``. With ``model_state`` given:
+      ``loss_fn(params, model_state, batch)`` returning
+      ``(loss, new_model_state)``, or ``(loss, (new_model_state, aux))`` with
+      ``has_aux=True``. Define it once: the compiled core is cached per
+      function object.
+    optimizer: an optax transformation containing a :func:`profit`.
+    params: the parameters (the anchor of this step).
+    opt_state: the optimizer state, at a cycle boundary.
+    batches: an iterator of batches (``n_ref + 1`` are pulled), or a pytree of
+      arrays stacked on a leading axis of length ``n_ref + 1``.
+    has_aux: whether ``loss_fn`` returns auxiliary data.
+    model_state: optional model state threaded through ``loss_fn``.
+    donate: donate ``params``, ``opt_state`` and ``model_state`` to the
+      compiled step so that their buffers are reused (lower peak memory); the
+      arrays passed in must not be used afterwards.
+
+  Returns:
+    A :class:`ProfitStepOutput` ``(params, opt_state, metrics, model_state,
+    aux)``.
+
+  Raises:
+    ValueError: if ``opt_state`` holds no PROFIT state, ``params`` is
+      ``None``, or ``batches`` runs dry or is stacked to the wrong length.
+    TypeError: if ``loss_fn`` does not return what the options say.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, profit_optax
+    >>> tx = profit_optax.profit(optax.sgd(0.1), ref_learning_rate=0.01)
+    >>> def loss_fn(params, batch):
+    ...   x, y = batch
+    ...   return jnp.mean((x @ params['w'] - y) ** 2)
+    >>> params = {'w': jnp.zeros(2)}
+    >>> state = tx.init(params)
+    >>> batches = iter([(jnp.eye(2), jnp.array([1.0, 2.0]))] * 4)
+    >>> for _ in range(2):
+    ...   out = profit_optax.profit_step(loss_fn, tx, params, state, batches)
+    ...   params, state = out.params, out.opt_state
+    >>> out.metrics['loss'].shape
+    (2,)
+  """
+  if not callable(loss_fn):
+    raise TypeError(f"`loss_fn` must be callable; got {loss_fn!r}.")
+  if params is None:
+    raise ValueError(
+        "`params` is None: pass the model parameters (the anchor of the step)."
+    )
+  try:
+    hash(loss_fn)
+    hash(optimizer)
+  except TypeError as e:
+    raise TypeError(
+        "`loss_fn` and `optimizer` must be hashable (the compiled step is"
+        " cached per pair); pass a plain function and an optax"
+        " transformation."
+    ) from e
+  state = find_profit_state(opt_state)
+  n = int(state.n_ref.value) + 1
+  stacked = _stack_batches(batches, n)
+  core = _build_core(
+      loss_fn, optimizer, bool(has_aux), model_state is not None, bool(donate)
+  )
+  return core(params, opt_state, model_state, stacked)
