@@ -12,6 +12,7 @@ optimizer ``O`` and a reference optimizer ``O_ref``. One PROFIT step:
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple, Optional
@@ -66,7 +67,8 @@ jax.tree_util.register_pytree_node(
 class ProfitDiagnostics(NamedTuple):
   """What the last completed PROFIT step measured.
 
-  All values are scalars; before the first PROFIT step completes they are zero
+  All values are scalars in the accumulation dtype (float32, or float64 when a
+  parameter is float64); before the first PROFIT step completes they are zero
   (``projected`` is ``False``).
 
   Attributes:
@@ -111,8 +113,8 @@ class ProfitState(NamedTuple):
   n_ref: _Static
 
 
-def _zero_diagnostics() -> ProfitDiagnostics:
-  zero = jnp.zeros((), jnp.float32)
+def _zero_diagnostics(dtype: Any) -> ProfitDiagnostics:
+  zero = jnp.zeros((), dtype)
   return ProfitDiagnostics(
       omega=zero, cos=zero, projected=jnp.zeros((), jnp.bool_), delta_norm=zero
   )
@@ -308,6 +310,15 @@ def _acc_dtype(dtype: Any) -> Any:
   return jnp.promote_types(dtype, jnp.float32)
 
 
+def _tree_acc_dtype(tree: Any) -> Any:
+  """The accumulation dtype of a whole tree: float32, or float64 if a leaf is."""
+  return functools.reduce(
+      jnp.promote_types,
+      [_acc_dtype(jnp.result_type(x)) for x in jax.tree_util.tree_leaves(tree)],
+      jnp.dtype(jnp.float32),
+  )
+
+
 def _tree_vdot(a: Any, b: Any) -> jax.Array:
   """<a, b> over all leaves, accumulated in at least float32."""
   parts = [
@@ -498,7 +509,7 @@ def profit(
         anchor=jax.tree.map(jnp.asarray, params),
         ref_state=ref_init(params),
         inner_state=optimizer.init(params),
-        diagnostics=_zero_diagnostics(),
+        diagnostics=_zero_diagnostics(_tree_acc_dtype(params)),
         n_ref=_Static(n_ref),
     )
 
@@ -526,11 +537,12 @@ def profit(
     grads = jax.lax.cond(projected, project, lambda g: g, grads)
     denom = jnp.sqrt(dd) * jnp.sqrt(gg)
     cos = jnp.where(denom > 0, omega / jnp.where(denom > 0, denom, 1.0), 0.0)
+    diag_dtype = _tree_acc_dtype(anchor)
     diagnostics = ProfitDiagnostics(
-        omega=omega.astype(jnp.float32),
-        cos=cos.astype(jnp.float32),
+        omega=omega.astype(diag_dtype),
+        cos=cos.astype(diag_dtype),
         projected=projected,
-        delta_norm=jnp.sqrt(dd).astype(jnp.float32),
+        delta_norm=jnp.sqrt(dd).astype(diag_dtype),
     )
     updates, new_inner = optimizer.update(
         grads, inner_state, anchor, **extra_args
