@@ -1,0 +1,185 @@
+"""Bad input gets a clear error that names the argument and the fix."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import profit_optax
+
+
+def loss_fn(params, batch):
+  return jnp.mean((batch @ params["w"]) ** 2)
+
+
+PARAMS = {"w": jnp.ones(2)}
+
+
+@pytest.mark.parametrize("n_ref", [0, -1])
+def test_n_ref_below_one(n_ref):
+  with pytest.raises(ValueError, match=r"`n_ref` must be >= 1"):
+    profit_optax.profit(optax.sgd(0.1), 0.01, n_ref=n_ref)
+
+
+@pytest.mark.parametrize("n_ref", [1.0, 2.5, "1", True, None])
+def test_n_ref_not_an_int(n_ref):
+  with pytest.raises(TypeError, match=r"`n_ref` must be an int"):
+    profit_optax.profit(optax.sgd(0.1), 0.01, n_ref=n_ref)
+
+
+def test_n_ref_numpy_int_accepted():
+  tx = profit_optax.profit(optax.sgd(0.1), 0.01, n_ref=np.int64(2))
+  assert int(tx.init(PARAMS).n_ref.value) == 2
+
+
+def test_n_ref_injected_without_static_args():
+  tx = optax.inject_hyperparams(profit_optax.profit)(
+      optimizer=optax.sgd(0.1), ref_learning_rate=0.01, n_ref=1
+  )
+  with pytest.raises(TypeError, match=r"static_args=\('n_ref',\)"):
+    tx.init(PARAMS)
+
+
+@pytest.mark.parametrize("rate", [-1e-3, float("nan"), float("inf")])
+def test_bad_ref_learning_rate_value(rate):
+  with pytest.raises(ValueError, match=r"`ref_learning_rate` must be finite"):
+    profit_optax.profit(optax.sgd(0.1), rate)
+
+
+@pytest.mark.parametrize("rate", ["0.1", [0.1], jnp.ones(2), True])
+def test_bad_ref_learning_rate_type(rate):
+  with pytest.raises(TypeError, match=r"`ref_learning_rate` must be"):
+    profit_optax.profit(optax.sgd(0.1), rate)
+
+
+def test_ref_learning_rate_required():
+  with pytest.raises(TypeError, match=r"`ref_learning_rate` is required"):
+    profit_optax.profit(optax.sgd(0.1), None)
+
+
+def test_ref_learning_rate_and_ref_optimizer_both_given():
+  with pytest.raises(ValueError, match=r"not both"):
+    profit_optax.profit(
+        optax.sgd(0.1), 0.01, ref_optimizer=optax.sgd(0.01)
+    )
+
+
+@pytest.mark.parametrize("bad", [None, 0.1, "adam", optax.adam])
+def test_optimizer_not_a_transformation(bad):
+  with pytest.raises(TypeError, match=r"`optimizer` must be an optax"):
+    profit_optax.profit(bad, 0.01)
+
+
+def test_ref_optimizer_not_a_transformation():
+  with pytest.raises(TypeError, match=r"`ref_optimizer` must be an optax"):
+    profit_optax.profit(optax.sgd(0.1), None, ref_optimizer=0.01)
+
+
+def test_params_none_in_init_and_update():
+  tx = profit_optax.profit(optax.sgd(0.1), 0.01)
+  with pytest.raises(ValueError, match=r"not passing `params`"):
+    tx.init(None)
+  state = tx.init(PARAMS)
+  with pytest.raises(ValueError, match=r"not passing `params`"):
+    tx.update(PARAMS, state)
+
+
+def test_gradient_tree_mismatch():
+  tx = profit_optax.profit(optax.sgd(0.1), 0.01)
+  state = tx.init(PARAMS)
+  with pytest.raises(ValueError, match=r"`updates` must have the same tree"):
+    tx.update({"v": jnp.ones(2)}, state, PARAMS)
+  with pytest.raises(ValueError, match=r"`updates` leaf 0 has shape \(3,\)"):
+    tx.update({"w": jnp.ones(3)}, state, PARAMS)
+
+
+def test_grad_fn_tree_mismatch():
+  tx = profit_optax.profit(optax.sgd(0.1), 0.01)
+  state = tx.init(PARAMS)
+  with pytest.raises(ValueError, match=r"`grad_fn\(params, i\)` must have"):
+    tx.update(PARAMS, state, PARAMS, grad_fn=lambda p, i: [p["w"]])
+
+
+def test_grad_fn_not_callable():
+  tx = profit_optax.profit(optax.sgd(0.1), 0.01)
+  state = tx.init(PARAMS)
+  with pytest.raises(TypeError, match=r"`grad_fn` must be a callable"):
+    tx.update(PARAMS, state, PARAMS, grad_fn=3)
+
+
+def test_update_with_foreign_state():
+  tx = profit_optax.profit(optax.sgd(0.1), 0.01)
+  with pytest.raises(TypeError, match=r"`state` must be the ProfitState"):
+    tx.update(PARAMS, optax.sgd(0.1).init(PARAMS), PARAMS)
+
+
+def test_profit_step_with_non_profit_state():
+  tx = optax.adam(0.1)
+  with pytest.raises(ValueError, match=r"`state` holds no PROFIT state"):
+    profit_optax.profit_step(
+        loss_fn, tx, PARAMS, tx.init(PARAMS), jnp.ones((2, 3, 2))
+    )
+
+
+def test_get_diagnostics_with_non_profit_state():
+  with pytest.raises(ValueError, match=r"holds no PROFIT state"):
+    profit_optax.get_diagnostics(optax.sgd(0.1).init(PARAMS))
+
+
+@pytest.mark.parametrize("n_ref", [1, 2])
+def test_profit_step_wrong_number_of_stacked_batches(n_ref):
+  tx = profit_optax.profit(optax.sgd(0.1), 0.01, n_ref=n_ref)
+  state = tx.init(PARAMS)
+  with pytest.raises(ValueError, match=rf"length n_ref \+ 1 = {n_ref + 1}"):
+    profit_optax.profit_step(
+        loss_fn, tx, PARAMS, state, jnp.ones((n_ref + 2, 3, 2))
+    )
+
+
+def test_profit_step_iterator_runs_dry():
+  tx = profit_optax.profit(optax.sgd(0.1), 0.01, n_ref=2)
+  state = tx.init(PARAMS)
+  with pytest.raises(ValueError, match=r"ran out after 2 of the 3 batches"):
+    profit_optax.profit_step(
+        loss_fn, tx, PARAMS, state, iter([jnp.ones((3, 2))] * 2)
+    )
+
+
+def test_profit_step_params_none():
+  tx = profit_optax.profit(optax.sgd(0.1), 0.01)
+  state = tx.init(PARAMS)
+  with pytest.raises(ValueError, match=r"`params` is None"):
+    profit_optax.profit_step(loss_fn, tx, None, state, jnp.ones((2, 3, 2)))
+
+
+def test_profit_step_loss_not_scalar():
+  tx = profit_optax.profit(optax.sgd(0.1), 0.01)
+  state = tx.init(PARAMS)
+  with pytest.raises(TypeError, match=r"scalar loss"):
+    profit_optax.profit_step(
+        lambda p, b: b @ p["w"], tx, PARAMS, state, jnp.ones((2, 3, 2))
+    )
+
+
+def test_profit_step_has_aux_but_loss_returns_scalar():
+  tx = profit_optax.profit(optax.sgd(0.1), 0.01)
+  state = tx.init(PARAMS)
+  with pytest.raises(TypeError, match=r"must return \(loss, aux\)"):
+    profit_optax.profit_step(
+        loss_fn, tx, PARAMS, state, jnp.ones((2, 3, 2)), has_aux=True
+    )
+
+
+def test_profit_step_error_applies_nothing():
+  """A failed call leaves params and state usable and unchanged."""
+  tx = profit_optax.profit(optax.sgd(0.1), 0.01)
+  state = tx.init(PARAMS)
+  batches = iter([jnp.ones((3, 2))])
+  with pytest.raises(ValueError):
+    profit_optax.profit_step(loss_fn, tx, PARAMS, state, batches)
+  out = profit_optax.profit_step(
+      loss_fn, tx, PARAMS, state, jnp.ones((2, 3, 2))
+  )
+  assert int(out.opt_state.step) == 1
+  jax.block_until_ready(out.params)
