@@ -443,17 +443,18 @@ def profit(
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, profit_optax
-    >>> tx = profit_optax.profit(optax.adam(1e-2), ref_learning_rate=1e-3)
+    >>> tx = profit_optax.profit(optax.sgd(0.1), ref_learning_rate=0.01)
     >>> params = {'w': jnp.array([1.0, -2.0])}
     >>> state = tx.init(params)
     >>> loss = lambda p, x: jnp.sum((p['w'] - x) ** 2)
-    >>> batches = jnp.array([[0.1, 0.2], [0.3, -0.1], [0.0, 0.4], [0.2, 0.1]])
-    >>> for x in batches:  # two PROFIT steps of two calls each
-    ...   grads = jax.grad(loss)(params, x)
-    ...   updates, state = tx.update(grads, state, params)
+    >>> update = jax.jit(tx.update)
+    >>> keys = jax.random.split(jax.random.PRNGKey(0), 400)
+    >>> for key in keys:  # 200 PROFIT steps of two calls each
+    ...   x = jnp.array([0.5, -0.5]) + jax.random.normal(key, (2,))  # a batch
+    ...   updates, state = update(jax.grad(loss)(params, x), state, params)
     ...   params = optax.apply_updates(params, updates)
-    >>> print(params['w'], int(state.step))
-    [ 0.98 -1.98] 2
+    >>> print(int(state.step), params['w'].round(1))
+    200 [ 1.  -1.4]
 
   References:
     Chakravarthy et al., `PROFIT: A Specialized Optimizer for Deep Fine
