@@ -431,8 +431,9 @@ def profit(
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs` whose state is a
-    :class:`ProfitState`. Unknown extra keyword arguments of ``update`` are
-    forwarded to the main optimizer (which ignores those it does not know).
+    :class:`ProfitState`. Extra keyword arguments of ``update`` are forwarded
+    to the main and the reference optimizers; those they do not know are
+    ignored.
 
   Raises:
     TypeError: if ``optimizer`` or ``ref_optimizer`` is not a transformation,
@@ -461,6 +462,7 @@ def profit(
     Tuning <https://arxiv.org/abs/2412.01930>`_, 2024
   """
   _check_transformation("optimizer", optimizer)
+  optimizer = base.with_extra_args_support(optimizer)
   n_ref = _check_n_ref(n_ref)
   if ref_optimizer is None:
     if ref_learning_rate is None:
@@ -473,6 +475,7 @@ def profit(
     use_default_ref = True
   else:
     _check_transformation("ref_optimizer", ref_optimizer)
+    ref_optimizer = base.with_extra_args_support(ref_optimizer)
     if ref_learning_rate is not None:
       raise ValueError(
           "Pass either `ref_learning_rate` (for the default SGD reference"
@@ -487,7 +490,7 @@ def profit(
       return base.EmptyState()
     return ref_optimizer.init(params)
 
-  def ref_update(grads, ref_state, params, step):
+  def ref_update(grads, ref_state, params, step, extra_args):
     """One reference step: returns (descent update, new ref_state)."""
     if use_default_ref:
       if callable(ref_learning_rate):
@@ -499,7 +502,9 @@ def profit(
           grads,
       )
       return updates, ref_state
-    updates, ref_state = ref_optimizer.update(grads, ref_state, params)
+    updates, ref_state = ref_optimizer.update(
+        grads, ref_state, params, **extra_args
+    )
     return _cast_like(updates, params), ref_state
 
   def init_fn(params):
@@ -560,7 +565,9 @@ def profit(
           state.count == 0, lambda: params, lambda: state.anchor
       )
       ref_state = state.ref_state
-      ref_updates, ref_state = ref_update(grads, ref_state, params, state.step)
+      ref_updates, ref_state = ref_update(
+          grads, ref_state, params, state.step, extra_args
+      )
       ref_state = _match_state_types(ref_state, state.ref_state)
       new_state = state._replace(
           count=state.count + 1, anchor=anchor, ref_state=ref_state
@@ -603,7 +610,7 @@ def profit(
     def body(carry, i):
       theta, ref_state, grads = carry
       ref_updates, new_ref_state = ref_update(
-          grads, ref_state, theta, state.step
+          grads, ref_state, theta, state.step, extra_args
       )
       new_ref_state = _match_state_types(new_ref_state, ref_state)
       theta = optax.apply_updates(theta, ref_updates)
