@@ -100,6 +100,10 @@ class ProfitState(NamedTuple):
     inner_state: state of the main optimizer; it advances once per PROFIT
       step.
     diagnostics: :class:`ProfitDiagnostics` of the last completed step.
+    finite: bool scalar, whether every gradient of the current cycle so far
+      was finite.
+    skipped: int32 scalar, how many PROFIT steps were skipped because a
+      gradient of their cycle was not finite (saturating).
     n_ref: the number of reference calls per cycle, kept as pytree metadata
       (it has no array leaf). Read it as ``int(state.n_ref.value)``.
   """
@@ -110,6 +114,8 @@ class ProfitState(NamedTuple):
   ref_state: base.OptState
   inner_state: base.OptState
   diagnostics: ProfitDiagnostics
+  finite: jax.Array
+  skipped: jax.Array
   n_ref: _Static
 
 
@@ -279,6 +285,18 @@ def _check_params(params: Any) -> None:
     )
 
 
+def _check_float_params(params: Any) -> None:
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    dtype = jnp.result_type(leaf)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+      raise TypeError(
+          f"PROFIT moves floating-point parameters, but `params` leaf"
+          f" {jax.tree_util.keystr(path) or '(root)'} has dtype {dtype}."
+          " Convert it to a float dtype, or keep it out of the optimizer with"
+          " optax.masked / optax.multi_transform (e.g. optax.set_to_zero())."
+      )
+
+
 def _check_same_tree(
     name: str, tree: Any, params: Any, what: str = "params"
 ) -> None:
@@ -344,6 +362,13 @@ def _tree_displacement(params: Any, anchor: Any) -> Any:
   )
 
 
+def _tree_all_finite(tree: Any) -> jax.Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  if not leaves:
+    return jnp.ones((), jnp.bool_)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 def _cast_like(tree: Any, like: Any) -> Any:
   return jax.tree.map(lambda x, y: jnp.asarray(x).astype(y.dtype), tree, like)
 
@@ -361,6 +386,7 @@ def profit(
     n_ref: int = 1,
     *,
     ref_optimizer: Optional[base.GradientTransformation] = None,
+    anchor_dtype: Optional[Any] = None,
 ) -> base.GradientTransformationExtraArgs:
   r"""PROFIT: proximal fine-tuning around a main optimizer.
 
@@ -401,6 +427,14 @@ def profit(
   ``grads``, not the gradients ``fn`` returns: put clipping and similar
   preprocessing inside ``optimizer`` instead.
 
+  Non-finite gradients: a reference call whose gradient has a NaN or an inf
+  does not move the parameters, and the main call of such a cycle (or a main
+  call with a non-finite gradient) returns the parameters to the anchor
+  without running the main optimizer; ``state.skipped`` counts these steps.
+  The anchor and the main optimizer's state are never corrupted, and the next
+  cycle starts cleanly. Inside ``optax.apply_if_finite`` a non-finite call is
+  instead dropped altogether and the cycle continues with the next call.
+
   Numerics: the inner products are accumulated in at least float32, a zero
   displacement never produces NaN (the projection needs ``ω < 0``, which a
   zero ``Δ`` cannot give), and updates keep each parameter leaf's dtype. The
@@ -428,6 +462,10 @@ def profit(
     ref_optimizer: replaces the default reference optimizer
       ``optax.sgd(ref_learning_rate)``. Its state restarts every PROFIT step,
       so a schedule inside it sees only the step's ``0..n_ref-1`` counts.
+    anchor_dtype: dtype in which the anchor is stored (default: each
+      parameter's own dtype). A narrower dtype saves memory but rounds the
+      point every PROFIT step returns to, so steps smaller than the dtype's
+      resolution are lost; prefer the default unless memory forces it.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs` whose state is a
@@ -464,6 +502,19 @@ def profit(
   _check_transformation("optimizer", optimizer)
   optimizer = base.with_extra_args_support(optimizer)
   n_ref = _check_n_ref(n_ref)
+  if anchor_dtype is not None:
+    try:
+      anchor_dtype = jnp.dtype(anchor_dtype)
+    except TypeError as e:
+      raise TypeError(
+          f"`anchor_dtype` must be a floating dtype such as jnp.float32 or"
+          f" None (the parameters' dtype); got {anchor_dtype!r}."
+      ) from e
+    if not jnp.issubdtype(anchor_dtype, jnp.floating):
+      raise TypeError(
+          f"`anchor_dtype` must be a floating dtype such as jnp.float32 or"
+          f" None (the parameters' dtype); got {anchor_dtype}."
+      )
   if ref_optimizer is None:
     if ref_learning_rate is None:
       raise TypeError(
@@ -507,15 +558,26 @@ def profit(
     )
     return _cast_like(updates, params), ref_state
 
+  def to_anchor(params):
+    if anchor_dtype is None:
+      return jax.tree.map(jnp.asarray, params)
+    return jax.tree.map(lambda p: jnp.asarray(p).astype(anchor_dtype), params)
+
+  def from_anchor(anchor, params):
+    return _cast_like(anchor, params)
+
   def init_fn(params):
     _check_params(params)
+    _check_float_params(params)
     return ProfitState(
         count=jnp.zeros((), jnp.int32),
         step=jnp.zeros((), jnp.int32),
-        anchor=jax.tree.map(jnp.asarray, params),
+        anchor=to_anchor(params),
         ref_state=ref_init(params),
         inner_state=optimizer.init(params),
         diagnostics=_zero_diagnostics(_tree_acc_dtype(params)),
+        finite=jnp.ones((), jnp.bool_),
+        skipped=jnp.zeros((), jnp.int32),
         n_ref=_Static(n_ref),
     )
 
@@ -556,31 +618,77 @@ def profit(
     new_inner = _match_state_types(new_inner, inner_state)
     return _cast_like(updates, anchor), new_inner, diagnostics
 
+  def complete_step(grads, delta, state, anchor, params, extra_args):
+    """The end of a PROFIT step whose gradients were all finite."""
+    main_updates, inner_state, diagnostics = main_step(
+        grads, delta, state.inner_state, anchor, extra_args
+    )
+    new_state = state._replace(
+        count=jnp.zeros_like(state.count),
+        step=optax.safe_increment(state.step),
+        ref_state=_match_state_types(ref_init(params), state.ref_state),
+        inner_state=inner_state,
+        diagnostics=diagnostics,
+        finite=jnp.ones((), jnp.bool_),
+    )
+    return main_updates, new_state
+
+  def skip_step(state, params):
+    """The end of a PROFIT step with a non-finite gradient: back to the
+    anchor, the main optimizer untouched."""
+    new_state = state._replace(
+        count=jnp.zeros_like(state.count),
+        ref_state=_match_state_types(ref_init(params), state.ref_state),
+        finite=jnp.ones((), jnp.bool_),
+        skipped=optax.safe_increment(state.skipped),
+    )
+    return optax.tree.zeros_like(params), new_state
+
   def transparent_update(updates, state, params, extra_args):
     n = n_ref
 
     def reference_call(operands):
       grads, state, params = operands
+      first = state.count == 0
       anchor = jax.lax.cond(
-          state.count == 0, lambda: params, lambda: state.anchor
+          first, lambda: to_anchor(params), lambda: state.anchor
       )
-      ref_state = state.ref_state
-      ref_updates, ref_state = ref_update(
-          grads, ref_state, params, state.step, extra_args
+      finite = jnp.logical_and(
+          jnp.logical_or(first, state.finite), _tree_all_finite(grads)
       )
-      ref_state = _match_state_types(ref_state, state.ref_state)
+
+      def step(_):
+        ref_updates, ref_state = ref_update(
+            grads, state.ref_state, params, state.step, extra_args
+        )
+        return ref_updates, _match_state_types(ref_state, state.ref_state)
+
+      def hold(_):  # a non-finite gradient must not displace the parameters
+        return optax.tree.zeros_like(params), state.ref_state
+
+      ref_updates, ref_state = jax.lax.cond(finite, step, hold, None)
       new_state = state._replace(
-          count=state.count + 1, anchor=anchor, ref_state=ref_state
+          count=state.count + 1,
+          anchor=anchor,
+          ref_state=ref_state,
+          finite=finite,
       )
       return ref_updates, new_state
 
     def main_call(operands):
       grads, state, params = operands
-      anchor = state.anchor
-      delta = _tree_displacement(params, anchor)
-      main_updates, inner_state, diagnostics = main_step(
-          grads, delta, state.inner_state, anchor, extra_args
-      )
+      anchor = from_anchor(state.anchor, params)
+      # n_ref >= 1, so the reference calls of this cycle set `finite`.
+      ok = jnp.logical_and(state.finite, _tree_all_finite(grads))
+
+      def main(_):
+        delta = _tree_displacement(params, anchor)
+        return complete_step(grads, delta, state, anchor, params, extra_args)
+
+      def skip(_):
+        return skip_step(state, params)
+
+      main_updates, new_state = jax.lax.cond(ok, main, skip, None)
       # params + out == anchor + main_updates, up to one rounding.
       out = jax.tree.map(
           lambda a, p, u: (
@@ -590,13 +698,6 @@ def profit(
           anchor,
           params,
           main_updates,
-      )
-      new_state = state._replace(
-          count=jnp.zeros_like(state.count),
-          step=optax.safe_increment(state.step),
-          ref_state=_match_state_types(ref_init(params), state.ref_state),
-          inner_state=inner_state,
-          diagnostics=diagnostics,
       )
       return out, new_state
 
@@ -608,32 +709,41 @@ def profit(
     ref_state0 = ref_init(params)
 
     def body(carry, i):
-      theta, ref_state, grads = carry
-      ref_updates, new_ref_state = ref_update(
-          grads, ref_state, theta, state.step, extra_args
+      theta, ref_state, grads, finite = carry
+      finite = jnp.logical_and(finite, _tree_all_finite(grads))
+
+      def step(_):
+        ref_updates, new_ref_state = ref_update(
+            grads, ref_state, theta, state.step, extra_args
+        )
+        new_ref_state = _match_state_types(new_ref_state, ref_state)
+        return optax.apply_updates(theta, ref_updates), new_ref_state
+
+      # Once a gradient of the step is not finite the step will be skipped:
+      # stop moving.
+      theta, ref_state = jax.lax.cond(
+          finite, step, lambda _: (theta, ref_state), None
       )
-      new_ref_state = _match_state_types(new_ref_state, ref_state)
-      theta = optax.apply_updates(theta, ref_updates)
       new_grads = grad_fn(theta, i)
       _check_same_tree("grad_fn(params, i)", new_grads, params)
-      return (theta, new_ref_state, _cast_like(new_grads, params)), None
+      return (theta, ref_state, _cast_like(new_grads, params), finite), None
 
-    carry0 = (params, ref_state0, _cast_like(updates, params))
-    (theta, _, grads), _ = jax.lax.scan(
+    carry0 = (
+        params,
+        ref_state0,
+        _cast_like(updates, params),
+        jnp.ones((), jnp.bool_),
+    )
+    (theta, _, grads, finite), _ = jax.lax.scan(
         body, carry0, jnp.arange(n_ref, dtype=jnp.int32)
     )
-    delta = _tree_displacement(theta, params)
-    main_updates, inner_state, diagnostics = main_step(
-        grads, delta, state.inner_state, params, extra_args
-    )
-    new_state = state._replace(
-        count=jnp.zeros_like(state.count),
-        step=optax.safe_increment(state.step),
-        ref_state=_match_state_types(ref_init(params), state.ref_state),
-        inner_state=inner_state,
-        diagnostics=diagnostics,
-    )
-    return main_updates, new_state
+    ok = jnp.logical_and(finite, _tree_all_finite(grads))
+
+    def main(_):
+      delta = _tree_displacement(theta, params)
+      return complete_step(grads, delta, state, params, params, extra_args)
+
+    return jax.lax.cond(ok, main, lambda _: skip_step(state, params), None)
 
   def update_fn(
       updates: base.Updates,
