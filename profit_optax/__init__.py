@@ -17,12 +17,12 @@ from profit_optax._src.step import profit_step as profit_step
 __version__ = "0.1.0"
 
 __all__ = [
-    "ProfitDiagnostics",
-    "ProfitState",
-    "ProfitStepOutput",
-    "__version__",
-    "find_profit_state",
-    "get_diagnostics",
-    "profit",
-    "profit_step",
+  "ProfitDiagnostics",
+  "ProfitState",
+  "ProfitStepOutput",
+  "__version__",
+  "find_profit_state",
+  "get_diagnostics",
+  "profit",
+  "profit_step",
 ]

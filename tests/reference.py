@@ -1,4 +1,6 @@
-"""An independent NumPy float64 reference of PROFIT (Algorithm 1, arXiv 2412.01930).
+"""An independent NumPy float64 reference of PROFIT.
+
+Algorithm 1 of arXiv 2412.01930, line by line.
 
 Nothing here imports JAX or profit_optax: the model's gradient is derived by
 hand, and each main optimizer is written from its textbook update rule (in the
@@ -22,15 +24,15 @@ Params = dict[str, np.ndarray]
 
 def mlp_init(rng: np.random.Generator, d_in: int, d_hidden: int) -> Params:
   return {
-      "w1": rng.normal(size=(d_in, d_hidden)) / np.sqrt(d_in),
-      "b1": 0.1 * rng.normal(size=(d_hidden,)),
-      "w2": rng.normal(size=(d_hidden, 1)) / np.sqrt(d_hidden),
-      "b2": np.zeros((1,)),
+    "w1": rng.normal(size=(d_in, d_hidden)) / np.sqrt(d_in),
+    "b1": 0.1 * rng.normal(size=(d_hidden,)),
+    "w2": rng.normal(size=(d_hidden, 1)) / np.sqrt(d_hidden),
+    "b2": np.zeros((1,)),
   }
 
 
 def mlp_loss_and_grad(
-    params: Params, x: np.ndarray, y: np.ndarray
+  params: Params, x: np.ndarray, y: np.ndarray
 ) -> tuple[float, Params]:
   """Mean squared error of the MLP and its gradient, by backpropagation."""
   z = x @ params["w1"] + params["b1"]
@@ -42,16 +44,16 @@ def mlp_loss_and_grad(
   d_h = d_out @ params["w2"].T
   d_z = d_h * (1.0 - h**2)
   grads = {
-      "w1": x.T @ d_z,
-      "b1": d_z.sum(axis=0),
-      "w2": h.T @ d_out,
-      "b2": d_out.sum(axis=0),
+    "w1": x.T @ d_z,
+    "b1": d_z.sum(axis=0),
+    "w2": h.T @ d_out,
+    "b2": d_out.sum(axis=0),
   }
   return loss, grads
 
 
 def pretrained_mlp(
-    rng: np.random.Generator, d_in: int, d_hidden: int, steps: int = 3000
+  rng: np.random.Generator, d_in: int, d_hidden: int, steps: int = 3000
 ) -> Params:
   """An MLP trained with plain SGD until near convergence on the task.
 
@@ -66,7 +68,7 @@ def pretrained_mlp(
 
 
 def make_batches(
-    rng: np.random.Generator, count: int, batch_size: int, d_in: int
+  rng: np.random.Generator, count: int, batch_size: int, d_in: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
   """Batches of a nearby regression task: a different batch for every call."""
   batches = []
@@ -114,14 +116,14 @@ class NumpyRMSProp:
     if self.nu is None:
       self.nu = _tree(np.zeros_like, grads)
     self.nu = _tree(
-        lambda n, g: self.decay * n + (1 - self.decay) * g**2, self.nu, grads
+      lambda n, g: self.decay * n + (1 - self.decay) * g**2, self.nu, grads
     )
     # eps inside the square root, optax's default (eps_in_sqrt=True).
     return _tree(
-        lambda p, g, n: p - self.lr * g / np.sqrt(n + self.eps),
-        params,
-        grads,
-        self.nu,
+      lambda p, g, n: p - self.lr * g / np.sqrt(n + self.eps),
+      params,
+      grads,
+      self.nu,
     )
 
 
@@ -141,9 +143,11 @@ class NumpyAdam:
       self.mu = _tree(np.zeros_like, grads)
       self.nu = _tree(np.zeros_like, grads)
     self.count += 1
-    self.mu = _tree(lambda m, g: self.b1 * m + (1 - self.b1) * g, self.mu, grads)
+    self.mu = _tree(
+      lambda m, g: self.b1 * m + (1 - self.b1) * g, self.mu, grads
+    )
     self.nu = _tree(
-        lambda n, g: self.b2 * n + (1 - self.b2) * g**2, self.nu, grads
+      lambda n, g: self.b2 * n + (1 - self.b2) * g**2, self.nu, grads
     )
     c1 = 1 - self.b1**self.count
     c2 = 1 - self.b2**self.count
@@ -177,12 +181,12 @@ def _vdot(a: Params, b: Params) -> float:
 
 
 def profit_reference(
-    params: Params,
-    main: NumpySGD | NumpyRMSProp | NumpyAdam,
-    lr_ref: float,
-    n_ref: int,
-    batches: Iterator[tuple[np.ndarray, np.ndarray]],
-    steps: int,
+  params: Params,
+  main: NumpySGD | NumpyRMSProp | NumpyAdam,
+  lr_ref: float,
+  n_ref: int,
+  batches: Iterator[tuple[np.ndarray, np.ndarray]],
+  steps: int,
 ) -> tuple[Params, list[StepRecord]]:
   """Runs ``steps`` PROFIT steps as Algorithm 1 states them."""
   theta = {k: v.copy() for k, v in params.items()}
@@ -204,8 +208,10 @@ def profit_reference(
     projected = omega < 0 and dd > 0
     if projected:  # lines 10-12: remove g's component along delta
       coef = _vdot(g, delta) / dd
-      g = _tree(lambda gi, di: gi - coef * di, g, delta)
+      g = {k: g[k] - coef * delta[k] for k in g}
     theta = anchor  # line 13
     theta = main.step(theta, g)  # line 14
-    records.append(StepRecord(omega, projected, float(np.sqrt(dd)), cos, losses))
+    records.append(
+      StepRecord(omega, projected, float(np.sqrt(dd)), cos, losses)
+    )
   return theta, records

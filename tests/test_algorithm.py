@@ -80,9 +80,7 @@ def test_positive_omega_leaves_gradient_unchanged(n_ref):
   theta = anchor
   for _ in range(n_ref):
     theta = theta - 0.01 * (theta - x_ref)
-  np.testing.assert_allclose(
-      params, anchor - 0.1 * (theta - x_main), rtol=1e-6
-  )
+  np.testing.assert_allclose(params, anchor - 0.1 * (theta - x_main), rtol=1e-6)
 
 
 def test_projection_removes_component_along_delta():
@@ -91,7 +89,7 @@ def test_projection_removes_component_along_delta():
   # Reference: g0 = anchor - x_ref = (-1, 0); delta = (1, 0).
   # Main: g = theta - x_main = (1, 0) - (3, -2) = (-2, 2): omega = -2 < 0.
   params, state = _run_calls(
-      tx, anchor, [jnp.array([1.0, 0.0]), jnp.array([3.0, -2.0])]
+    tx, anchor, [jnp.array([1.0, 0.0]), jnp.array([3.0, -2.0])]
   )
   assert bool(state.diagnostics.projected)
   # g_perp = (0, 2): the update moves only across delta.
@@ -149,7 +147,7 @@ def test_zero_displacement_gives_no_nan():
   # ref_learning_rate = 0: delta = 0, omega = 0, no projection, no NaN.
   tx = profit_optax.profit(optax.sgd(0.1), ref_learning_rate=0.0)
   params, state = _run_calls(
-      tx, jnp.array([1.0, 2.0]), [jnp.zeros(2), jnp.zeros(2)]
+    tx, jnp.array([1.0, 2.0]), [jnp.zeros(2), jnp.zeros(2)]
   )
   d = state.diagnostics
   for v in d:
@@ -173,9 +171,7 @@ def test_inf_in_skipped_branch_does_not_leak():
   tx = profit_optax.profit(optax.adam(0.1), ref_learning_rate=0.1)
   params = jnp.array([1.0, 2.0])
   state = tx.init(params)
-  updates, state = jax.jit(tx.update)(
-      jnp.array([jnp.inf, 1.0]), state, params
-  )
+  updates, state = jax.jit(tx.update)(jnp.array([jnp.inf, 1.0]), state, params)
   inner = state.inner_state
   for leaf in jax.tree.leaves(inner):
     assert np.isfinite(np.asarray(leaf, np.float64)).all()
@@ -232,8 +228,8 @@ def delta_and_grad(draw):
   dtype = draw(st.sampled_from([np.float32, np.float64, jnp.bfloat16]))
   n_leaves = draw(st.integers(1, 3))
   shapes = [
-      draw(hnp.array_shapes(min_dims=0, max_dims=2, max_side=4))
-      for _ in range(n_leaves)
+    draw(hnp.array_shapes(min_dims=0, max_dims=2, max_side=4))
+    for _ in range(n_leaves)
   ]
   elems = st.floats(-10, 10, allow_nan=False, width=32)
   delta = [draw(hnp.arrays(np.float64, s, elements=elems)) for s in shapes]
@@ -255,11 +251,9 @@ def test_projected_gradient_is_orthogonal_to_delta(case):
     tx = profit_optax.profit(optax.identity(), ref_learning_rate=1.0)
     state = tx.init(params)
     first = jax.tree.map(jnp.negative, delta)
-    updates, state = tx.update(
-        first, state, params, grad_fn=lambda p, i: grad
-    )
+    updates, state = tx.update(first, state, params, grad_fn=lambda p, i: grad)
     flat = lambda t: np.concatenate(
-        [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(t)]
+      [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(t)]
     )
     d, g, u = flat(delta), flat(grad), flat(updates)
     for leaf, ref_leaf in zip(jax.tree.leaves(updates), jax.tree.leaves(grad)):

@@ -35,7 +35,7 @@ def test_n_ref_numpy_int_accepted():
 
 def test_n_ref_injected_without_static_args():
   tx = optax.inject_hyperparams(profit_optax.profit)(
-      optimizer=optax.sgd(0.1), ref_learning_rate=0.01, n_ref=1
+    optimizer=optax.sgd(0.1), ref_learning_rate=0.01, n_ref=1
   )
   with pytest.raises(TypeError, match=r"static_args=\('n_ref',\)"):
     tx.init(PARAMS)
@@ -60,9 +60,7 @@ def test_ref_learning_rate_required():
 
 def test_ref_learning_rate_and_ref_optimizer_both_given():
   with pytest.raises(ValueError, match=r"not both"):
-    profit_optax.profit(
-        optax.sgd(0.1), 0.01, ref_optimizer=optax.sgd(0.01)
-    )
+    profit_optax.profit(optax.sgd(0.1), 0.01, ref_optimizer=optax.sgd(0.01))
 
 
 @pytest.mark.parametrize("bad", [None, 0.1, "adam", optax.adam])
@@ -118,7 +116,7 @@ def test_profit_step_with_non_profit_state():
   tx = optax.adam(0.1)
   with pytest.raises(ValueError, match=r"`state` holds no PROFIT state"):
     profit_optax.profit_step(
-        loss_fn, tx, PARAMS, tx.init(PARAMS), jnp.ones((2, 3, 2))
+      loss_fn, tx, PARAMS, tx.init(PARAMS), jnp.ones((2, 3, 2))
     )
 
 
@@ -133,7 +131,7 @@ def test_profit_step_wrong_number_of_stacked_batches(n_ref):
   state = tx.init(PARAMS)
   with pytest.raises(ValueError, match=rf"length n_ref \+ 1 = {n_ref + 1}"):
     profit_optax.profit_step(
-        loss_fn, tx, PARAMS, state, jnp.ones((n_ref + 2, 3, 2))
+      loss_fn, tx, PARAMS, state, jnp.ones((n_ref + 2, 3, 2))
     )
 
 
@@ -142,7 +140,7 @@ def test_profit_step_iterator_runs_dry():
   state = tx.init(PARAMS)
   with pytest.raises(ValueError, match=r"ran out after 2 of the 3 batches"):
     profit_optax.profit_step(
-        loss_fn, tx, PARAMS, state, iter([jnp.ones((3, 2))] * 2)
+      loss_fn, tx, PARAMS, state, iter([jnp.ones((3, 2))] * 2)
     )
 
 
@@ -158,7 +156,7 @@ def test_profit_step_loss_not_scalar():
   state = tx.init(PARAMS)
   with pytest.raises(TypeError, match=r"scalar loss"):
     profit_optax.profit_step(
-        lambda p, b: b @ p["w"], tx, PARAMS, state, jnp.ones((2, 3, 2))
+      lambda p, b: b @ p["w"], tx, PARAMS, state, jnp.ones((2, 3, 2))
     )
 
 
@@ -167,7 +165,7 @@ def test_profit_step_has_aux_but_loss_returns_scalar():
   state = tx.init(PARAMS)
   with pytest.raises(TypeError, match=r"must return \(loss, aux\)"):
     profit_optax.profit_step(
-        loss_fn, tx, PARAMS, state, jnp.ones((2, 3, 2)), has_aux=True
+      loss_fn, tx, PARAMS, state, jnp.ones((2, 3, 2)), has_aux=True
     )
 
 
@@ -179,7 +177,7 @@ def test_profit_step_error_applies_nothing():
   with pytest.raises(ValueError):
     profit_optax.profit_step(loss_fn, tx, PARAMS, state, batches)
   out = profit_optax.profit_step(
-      loss_fn, tx, PARAMS, state, jnp.ones((2, 3, 2))
+    loss_fn, tx, PARAMS, state, jnp.ones((2, 3, 2))
   )
   assert int(out.opt_state.step) == 1
   jax.block_until_ready(out.params)

@@ -23,7 +23,7 @@ def _driver(tx):
 
 def _finite(tree):
   return all(
-      np.isfinite(np.asarray(x, np.float64)).all() for x in jax.tree.leaves(tree)
+    np.isfinite(np.asarray(x, np.float64)).all() for x in jax.tree.leaves(tree)
   )
 
 
@@ -64,7 +64,7 @@ def test_non_finite_in_whole_step_drive(where):
   grads = [jnp.array([0.5, -0.5]), jnp.array([0.5, -0.5])]
   grads[where] = NAN
   updates, state = jax.jit(
-      lambda g0, s, p, g1: tx.update(g0, s, p, grad_fn=lambda q, i: g1)
+    lambda g0, s, p, g1: tx.update(g0, s, p, grad_fn=lambda q, i: g1)
   )(grads[0], state, params, grads[1])
   np.testing.assert_array_equal(updates, jnp.zeros(2))
   assert int(state.skipped) == 1 and int(state.step) == 0
@@ -73,7 +73,7 @@ def test_non_finite_in_whole_step_drive(where):
 
 def test_inside_apply_if_finite_the_bad_call_is_dropped():
   tx = optax.apply_if_finite(
-      profit_optax.profit(optax.sgd(0.1), 0.01), max_consecutive_errors=5
+    profit_optax.profit(optax.sgd(0.1), 0.01), max_consecutive_errors=5
   )
   call = _driver(tx)
   anchor = jnp.array([1.0, 2.0])
@@ -117,9 +117,11 @@ def test_integer_params_rejected_with_a_fix():
 
 def test_integer_params_can_be_masked_out():
   tx = optax.multi_transform(
-      {"train": profit_optax.profit(optax.sgd(0.1), 0.01),
-       "frozen": optax.set_to_zero()},
-      {"w": "train", "n": "frozen"},
+    {
+      "train": profit_optax.profit(optax.sgd(0.1), 0.01),
+      "frozen": optax.set_to_zero(),
+    },
+    {"w": "train", "n": "frozen"},
   )
   params = {"w": jnp.ones(2), "n": jnp.ones(2, jnp.int32)}
   state = tx.init(params)

@@ -15,26 +15,26 @@ LR_MAIN = 0.05
 LR_REF = 0.01
 
 OPTIMIZERS = {
-    "sgd": (
-        lambda: optax.sgd(LR_MAIN),
-        lambda: reference.NumpySGD(LR_MAIN),
-    ),
-    "sgd_momentum": (
-        lambda: optax.sgd(LR_MAIN, momentum=0.9),
-        lambda: reference.NumpySGD(LR_MAIN, momentum=0.9),
-    ),
-    "rmsprop": (
-        lambda: optax.rmsprop(LR_MAIN / 10),
-        lambda: reference.NumpyRMSProp(LR_MAIN / 10),
-    ),
-    "adam": (
-        lambda: optax.adam(LR_MAIN / 10),
-        lambda: reference.NumpyAdam(LR_MAIN / 10),
-    ),
-    "adamw": (
-        lambda: optax.adamw(LR_MAIN / 10, weight_decay=0.1),
-        lambda: reference.NumpyAdam(LR_MAIN / 10, weight_decay=0.1),
-    ),
+  "sgd": (
+    lambda: optax.sgd(LR_MAIN),
+    lambda: reference.NumpySGD(LR_MAIN),
+  ),
+  "sgd_momentum": (
+    lambda: optax.sgd(LR_MAIN, momentum=0.9),
+    lambda: reference.NumpySGD(LR_MAIN, momentum=0.9),
+  ),
+  "rmsprop": (
+    lambda: optax.rmsprop(LR_MAIN / 10),
+    lambda: reference.NumpyRMSProp(LR_MAIN / 10),
+  ),
+  "adam": (
+    lambda: optax.adam(LR_MAIN / 10),
+    lambda: reference.NumpyAdam(LR_MAIN / 10),
+  ),
+  "adamw": (
+    lambda: optax.adamw(LR_MAIN / 10, weight_decay=0.1),
+    lambda: reference.NumpyAdam(LR_MAIN / 10, weight_decay=0.1),
+  ),
 }
 
 
@@ -59,7 +59,7 @@ def _to_jax(tree):
 def _assert_close(actual, expected, tol=1e-10):
   for k in expected:
     np.testing.assert_allclose(
-        np.asarray(actual[k]), expected[k], rtol=tol, atol=tol, err_msg=k
+      np.asarray(actual[k]), expected[k], rtol=tol, atol=tol, err_msg=k
     )
 
 
@@ -89,7 +89,7 @@ def _run_whole_step(tx, params, batches, n):
     first = jax.tree.map(lambda x: x[0], stacked)
     grad_fn = lambda p, i: grad(p, jax.tree.map(lambda x: x[i + 1], stacked))
     updates, state = tx.update(
-        grad(params, first), state, params, grad_fn=grad_fn
+      grad(params, first), state, params, grad_fn=grad_fn
     )
     return optax.apply_updates(params, updates), state
 
@@ -124,7 +124,7 @@ def test_matches_numpy_reference(opt_name, n_ref):
   n = n_ref + 1
 
   expected, ref_records = reference.profit_reference(
-      params0, make_ref(), LR_REF, n_ref, iter(batches), STEPS
+    params0, make_ref(), LR_REF, n_ref, iter(batches), STEPS
   )
   fired = [r.projected for r in ref_records]
   # The trajectory must exercise both branches of the omega test.
@@ -136,14 +136,12 @@ def test_matches_numpy_reference(opt_name, n_ref):
 
   got, records = _run_per_call(tx, p0, batches)
   _assert_close(got, expected)
-  np.testing.assert_array_equal(
-      [bool(r.projected) for r in records], fired
-  )
+  np.testing.assert_array_equal([bool(r.projected) for r in records], fired)
   np.testing.assert_allclose(
-      [float(r.omega) for r in records],
-      [r.omega for r in ref_records],
-      rtol=1e-9,
-      atol=1e-12,
+    [float(r.omega) for r in records],
+    [r.omega for r in ref_records],
+    rtol=1e-9,
+    atol=1e-12,
   )
 
   got, records = _run_whole_step(tx, p0, batches, n)
@@ -152,22 +150,20 @@ def test_matches_numpy_reference(opt_name, n_ref):
 
   got, metrics, losses = _run_profit_step(tx, p0, batches, n)
   _assert_close(got, expected)
-  np.testing.assert_array_equal(
-      [bool(m["projected"]) for m in metrics], fired
+  np.testing.assert_array_equal([bool(m["projected"]) for m in metrics], fired)
+  np.testing.assert_allclose(
+    [float(m["delta_norm"]) for m in metrics],
+    [r.delta_norm for r in ref_records],
+    rtol=1e-9,
   )
   np.testing.assert_allclose(
-      [float(m["delta_norm"]) for m in metrics],
-      [r.delta_norm for r in ref_records],
-      rtol=1e-9,
+    [float(m["cos"]) for m in metrics],
+    [r.cos for r in ref_records],
+    rtol=1e-8,
+    atol=1e-12,
   )
   np.testing.assert_allclose(
-      [float(m["cos"]) for m in metrics],
-      [r.cos for r in ref_records],
-      rtol=1e-8,
-      atol=1e-12,
-  )
-  np.testing.assert_allclose(
-      np.stack(losses), [r.losses for r in ref_records], rtol=1e-10
+    np.stack(losses), [r.losses for r in ref_records], rtol=1e-10
   )
 
 
@@ -177,7 +173,7 @@ def test_reference_differs_from_plain_optimizer():
   and from the variant that keeps only g's component along Δ."""
   params0, batches = _problem(1)
   profit_params, _ = reference.profit_reference(
-      params0, reference.NumpySGD(LR_MAIN), LR_REF, 1, iter(batches), STEPS
+    params0, reference.NumpySGD(LR_MAIN), LR_REF, 1, iter(batches), STEPS
   )
   tx = profit_optax.profit(optax.sgd(LR_MAIN), LR_REF, 1)
   got, _ = _run_per_call(tx, _to_jax(params0), batches)
@@ -188,11 +184,11 @@ def test_reference_differs_from_plain_optimizer():
   state = plain.init(p)
   for batch in batches[1::2]:
     updates, state = plain.update(
-        jax.grad(jax_loss)(p, _to_jax(batch)), state, p
+      jax.grad(jax_loss)(p, _to_jax(batch)), state, p
     )
     p = optax.apply_updates(p, updates)
   diff = max(
-      float(np.max(np.abs(np.asarray(p[k]) - profit_params[k])))
-      for k in profit_params
+    float(np.max(np.abs(np.asarray(p[k]) - profit_params[k])))
+    for k in profit_params
   )
   assert diff > 1e-4

@@ -1,1 +1,1 @@
-"""Implementation modules of profit_optax; import from `profit_optax` instead."""
+"""Implementation modules; import the public API from `profit_optax`."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import numbers
 from collections.abc import Callable
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,11 +24,11 @@ import optax
 from optax._src import base
 
 __all__ = [
-    "ProfitDiagnostics",
-    "ProfitState",
-    "find_profit_state",
-    "get_diagnostics",
-    "profit",
+  "ProfitDiagnostics",
+  "ProfitState",
+  "find_profit_state",
+  "get_diagnostics",
+  "profit",
 ]
 
 
@@ -60,7 +60,7 @@ class _Static:
 
 
 jax.tree_util.register_pytree_node(
-    _Static, lambda s: ((), s.value), lambda value, _: _Static(value)
+  _Static, lambda s: ((), s.value), lambda value, _: _Static(value)
 )
 
 
@@ -122,7 +122,7 @@ class ProfitState(NamedTuple):
 def _zero_diagnostics(dtype: Any) -> ProfitDiagnostics:
   zero = jnp.zeros((), dtype)
   return ProfitDiagnostics(
-      omega=zero, cos=zero, projected=jnp.zeros((), jnp.bool_), delta_norm=zero
+    omega=zero, cos=zero, projected=jnp.zeros((), jnp.bool_), delta_norm=zero
   )
 
 
@@ -152,20 +152,20 @@ def find_profit_state(state: base.OptState) -> ProfitState:
   """
   is_profit = lambda x: isinstance(x, ProfitState)
   found = [
-      leaf
-      for leaf in jax.tree_util.tree_leaves(state, is_leaf=is_profit)
-      if is_profit(leaf)
+    leaf
+    for leaf in jax.tree_util.tree_leaves(state, is_leaf=is_profit)
+    if is_profit(leaf)
   ]
   if not found:
     raise ValueError(
-        "`state` holds no PROFIT state: pass the state returned by the `init`"
-        " of a transformation built with `profit_optax.profit` (possibly inside"
-        f" optax.chain or another wrapper); got a {type(state).__name__}."
+      "`state` holds no PROFIT state: pass the state returned by the `init`"
+      " of a transformation built with `profit_optax.profit` (possibly inside"
+      f" optax.chain or another wrapper); got a {type(state).__name__}."
     )
   if len(found) > 1:
     raise ValueError(
-        f"`state` holds {len(found)} PROFIT states; a single PROFIT"
-        " transformation per optimizer is supported here."
+      f"`state` holds {len(found)} PROFIT states; a single PROFIT"
+      " transformation per optimizer is supported here."
     )
   return found[0]
 
@@ -208,7 +208,7 @@ def _is_concrete_number(x: Any) -> bool:
   if isinstance(x, numbers.Real):
     return True
   if isinstance(x, (np.ndarray, jax.Array)) and not isinstance(
-      x, jax.core.Tracer
+    x, jax.core.Tracer
   ):
     return np.ndim(x) == 0
   return False
@@ -221,67 +221,67 @@ def _check_rate(name: str, value: Any) -> None:
   if isinstance(value, jax.core.Tracer):
     return  # injected by optax.inject_hyperparams: checked by the caller.
   if isinstance(value, (bool, np.bool_)) or not (
-      isinstance(value, numbers.Real)
-      or (isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0)
+    isinstance(value, numbers.Real)
+    or (isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0)
   ):
     raise TypeError(
-        f"`{name}` must be a non-negative float or an optax schedule (a"
-        f" callable of the step count); got {value!r} of type"
-        f" {type(value).__name__}."
+      f"`{name}` must be a non-negative float or an optax schedule (a"
+      f" callable of the step count); got {value!r} of type"
+      f" {type(value).__name__}."
     )
   if _is_concrete_number(value):
     v = float(value)
     if not np.isfinite(v) or v < 0:
       raise ValueError(
-          f"`{name}` must be finite and >= 0; got {v!r}. Pass a rate such as"
-          " 1e-4 (the paper uses lr_main/10 to lr_main/10000)."
+        f"`{name}` must be finite and >= 0; got {v!r}. Pass a rate such as"
+        " 1e-4 (the paper uses lr_main/10 to lr_main/10000)."
       )
 
 
 def _check_n_ref(n_ref: Any) -> int:
   if isinstance(n_ref, jax.core.Tracer) or (
-      isinstance(n_ref, jax.Array) and not isinstance(n_ref, numbers.Integral)
+    isinstance(n_ref, jax.Array) and not isinstance(n_ref, numbers.Integral)
   ):
     raise TypeError(
-        "`n_ref` must be a static Python int, but it was given as an array."
-        " With optax.inject_hyperparams, declare it static:"
-        " `optax.inject_hyperparams(profit_optax.profit,"
-        " static_args=('n_ref',))`."
+      "`n_ref` must be a static Python int, but it was given as an array."
+      " With optax.inject_hyperparams, declare it static:"
+      " `optax.inject_hyperparams(profit_optax.profit,"
+      " static_args=('n_ref',))`."
     )
   if isinstance(n_ref, (bool, np.bool_)) or not isinstance(
-      n_ref, numbers.Integral
+    n_ref, numbers.Integral
   ):
     raise TypeError(
-        f"`n_ref` must be an int >= 1 (the number of reference steps per"
-        f" PROFIT step; the paper uses 1); got {n_ref!r} of type"
-        f" {type(n_ref).__name__}."
+      f"`n_ref` must be an int >= 1 (the number of reference steps per"
+      f" PROFIT step; the paper uses 1); got {n_ref!r} of type"
+      f" {type(n_ref).__name__}."
     )
   if n_ref < 1:
     raise ValueError(
-        f"`n_ref` must be >= 1 (the number of reference steps per PROFIT"
-        f" step; the paper uses 1); got {n_ref}."
+      f"`n_ref` must be >= 1 (the number of reference steps per PROFIT"
+      f" step; the paper uses 1); got {n_ref}."
     )
   return int(n_ref)
 
 
 def _check_transformation(name: str, tx: Any) -> None:
   if not (
-      hasattr(tx, "init")
-      and hasattr(tx, "update")
-      and callable(tx.init)
-      and callable(tx.update)
+    hasattr(tx, "init")
+    and hasattr(tx, "update")
+    and callable(tx.init)
+    and callable(tx.update)
   ):
     raise TypeError(
-        f"`{name}` must be an optax GradientTransformation (an object with"
-        f" `init` and `update`), e.g. optax.adam(1e-3); got {tx!r}."
+      f"`{name}` must be an optax GradientTransformation (an object with"
+      f" `init` and `update`), e.g. optax.adam(1e-3); got {tx!r}."
     )
 
 
 def _check_params(params: Any) -> None:
   if params is None:
     raise ValueError(
-        base.NO_PARAMS_MSG
-        + " PROFIT needs them: call `update(grads, state, params)`."
+      base.NO_PARAMS_MSG
+      + " PROFIT needs them: call `update(grads, state, params)`."
     )
 
 
@@ -290,31 +290,31 @@ def _check_float_params(params: Any) -> None:
     dtype = jnp.result_type(leaf)
     if not jnp.issubdtype(dtype, jnp.inexact):
       raise TypeError(
-          f"PROFIT moves floating-point parameters, but `params` leaf"
-          f" {jax.tree_util.keystr(path) or '(root)'} has dtype {dtype}."
-          " Convert it to a float dtype, or keep it out of the optimizer with"
-          " optax.masked / optax.multi_transform (e.g. optax.set_to_zero())."
+        f"PROFIT moves floating-point parameters, but `params` leaf"
+        f" {jax.tree_util.keystr(path) or '(root)'} has dtype {dtype}."
+        " Convert it to a float dtype, or keep it out of the optimizer with"
+        " optax.masked / optax.multi_transform (e.g. optax.set_to_zero())."
       )
 
 
 def _check_same_tree(
-    name: str, tree: Any, params: Any, what: str = "params"
+  name: str, tree: Any, params: Any, what: str = "params"
 ) -> None:
   t1 = jax.tree_util.tree_structure(tree)
   t2 = jax.tree_util.tree_structure(params)
   if t1 != t2:
     raise ValueError(
-        f"`{name}` must have the same tree structure as `{what}`: pass one"
-        f" gradient leaf per parameter leaf. Got {name}: {t1}; {what}: {t2}."
+      f"`{name}` must have the same tree structure as `{what}`: pass one"
+      f" gradient leaf per parameter leaf. Got {name}: {t1}; {what}: {t2}."
     )
   for i, (a, b) in enumerate(
-      zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(params))
+    zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(params))
   ):
     if jnp.shape(a) != jnp.shape(b):
       raise ValueError(
-          f"`{name}` leaf {i} has shape {jnp.shape(a)} but the matching"
-          f" `{what}` leaf has shape {jnp.shape(b)}; gradients must match the"
-          " parameters leaf by leaf."
+        f"`{name}` leaf {i} has shape {jnp.shape(a)} but the matching"
+        f" `{what}` leaf has shape {jnp.shape(b)}; gradients must match the"
+        " parameters leaf by leaf."
       )
 
 
@@ -329,23 +329,23 @@ def _acc_dtype(dtype: Any) -> Any:
 
 
 def _tree_acc_dtype(tree: Any) -> Any:
-  """The accumulation dtype of a whole tree: float32, or float64 if a leaf is."""
+  """Accumulation dtype of a whole tree: float32, or float64 if a leaf is."""
   return functools.reduce(
-      jnp.promote_types,
-      [_acc_dtype(jnp.result_type(x)) for x in jax.tree_util.tree_leaves(tree)],
-      jnp.dtype(jnp.float32),
+    jnp.promote_types,
+    [_acc_dtype(jnp.result_type(x)) for x in jax.tree_util.tree_leaves(tree)],
+    jnp.dtype(jnp.float32),
   )
 
 
 def _tree_vdot(a: Any, b: Any) -> jax.Array:
   """<a, b> over all leaves, accumulated in at least float32."""
   parts = [
-      jnp.vdot(
-          x.astype(_acc_dtype(x.dtype)),
-          y.astype(_acc_dtype(y.dtype)),
-          precision=jax.lax.Precision.HIGHEST,
-      ).real
-      for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    jnp.vdot(
+      x.astype(_acc_dtype(x.dtype)),
+      y.astype(_acc_dtype(y.dtype)),
+      precision=jax.lax.Precision.HIGHEST,
+    ).real
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
   ]
   if not parts:
     return jnp.zeros((), jnp.float32)
@@ -356,9 +356,9 @@ def _tree_vdot(a: Any, b: Any) -> jax.Array:
 def _tree_displacement(params: Any, anchor: Any) -> Any:
   """``params - anchor`` per leaf, in at least float32."""
   return jax.tree.map(
-      lambda p, a: p.astype(_acc_dtype(p.dtype)) - a.astype(_acc_dtype(p.dtype)),
-      params,
-      anchor,
+    lambda p, a: p.astype(_acc_dtype(p.dtype)) - a.astype(_acc_dtype(p.dtype)),
+    params,
+    anchor,
   )
 
 
@@ -381,12 +381,12 @@ _GradFn = Callable[[base.Params, jax.Array], base.Updates]
 
 
 def profit(
-    optimizer: base.GradientTransformation,
-    ref_learning_rate: Optional[base.ScalarOrSchedule],
-    n_ref: int = 1,
-    *,
-    ref_optimizer: Optional[base.GradientTransformation] = None,
-    anchor_dtype: Optional[Any] = None,
+  optimizer: base.GradientTransformation,
+  ref_learning_rate: base.ScalarOrSchedule | None,
+  n_ref: int = 1,
+  *,
+  ref_optimizer: base.GradientTransformation | None = None,
+  anchor_dtype: Any | None = None,
 ) -> base.GradientTransformationExtraArgs:
   r"""PROFIT: proximal fine-tuning around a main optimizer.
 
@@ -507,20 +507,20 @@ def profit(
       anchor_dtype = jnp.dtype(anchor_dtype)
     except TypeError as e:
       raise TypeError(
-          f"`anchor_dtype` must be a floating dtype such as jnp.float32 or"
-          f" None (the parameters' dtype); got {anchor_dtype!r}."
+        f"`anchor_dtype` must be a floating dtype such as jnp.float32 or"
+        f" None (the parameters' dtype); got {anchor_dtype!r}."
       ) from e
     if not jnp.issubdtype(anchor_dtype, jnp.floating):
       raise TypeError(
-          f"`anchor_dtype` must be a floating dtype such as jnp.float32 or"
-          f" None (the parameters' dtype); got {anchor_dtype}."
+        f"`anchor_dtype` must be a floating dtype such as jnp.float32 or"
+        f" None (the parameters' dtype); got {anchor_dtype}."
       )
   if ref_optimizer is None:
     if ref_learning_rate is None:
       raise TypeError(
-          "`ref_learning_rate` is required (there is no default): pass a"
-          " float such as lr_main / 10 (the paper's range is lr_main/10 to"
-          " lr_main/10000), an optax schedule, or pass `ref_optimizer=`."
+        "`ref_learning_rate` is required (there is no default): pass a"
+        " float such as lr_main / 10 (the paper's range is lr_main/10 to"
+        " lr_main/10000), an optax schedule, or pass `ref_optimizer=`."
       )
     _check_rate("ref_learning_rate", ref_learning_rate)
     use_default_ref = True
@@ -529,10 +529,10 @@ def profit(
     ref_optimizer = base.with_extra_args_support(ref_optimizer)
     if ref_learning_rate is not None:
       raise ValueError(
-          "Pass either `ref_learning_rate` (for the default SGD reference"
-          " optimizer) or `ref_optimizer`, not both: set"
-          " `ref_learning_rate=None` when giving `ref_optimizer`, and put the"
-          " rate inside it."
+        "Pass either `ref_learning_rate` (for the default SGD reference"
+        " optimizer) or `ref_optimizer`, not both: set"
+        " `ref_learning_rate=None` when giving `ref_optimizer`, and put the"
+        " rate inside it."
       )
     use_default_ref = False
 
@@ -549,12 +549,12 @@ def profit(
       else:
         lr = ref_learning_rate
       updates = jax.tree.map(
-          lambda g: (-lr * g.astype(_acc_dtype(g.dtype))).astype(g.dtype),
-          grads,
+        lambda g: (-lr * g.astype(_acc_dtype(g.dtype))).astype(g.dtype),
+        grads,
       )
       return updates, ref_state
     updates, ref_state = ref_optimizer.update(
-        grads, ref_state, params, **extra_args
+      grads, ref_state, params, **extra_args
     )
     return _cast_like(updates, params), ref_state
 
@@ -570,15 +570,15 @@ def profit(
     _check_params(params)
     _check_float_params(params)
     return ProfitState(
-        count=jnp.zeros((), jnp.int32),
-        step=jnp.zeros((), jnp.int32),
-        anchor=to_anchor(params),
-        ref_state=ref_init(params),
-        inner_state=optimizer.init(params),
-        diagnostics=_zero_diagnostics(_tree_acc_dtype(params)),
-        finite=jnp.ones((), jnp.bool_),
-        skipped=jnp.zeros((), jnp.int32),
-        n_ref=_Static(n_ref),
+      count=jnp.zeros((), jnp.int32),
+      step=jnp.zeros((), jnp.int32),
+      anchor=to_anchor(params),
+      ref_state=ref_init(params),
+      inner_state=optimizer.init(params),
+      diagnostics=_zero_diagnostics(_tree_acc_dtype(params)),
+      finite=jnp.ones((), jnp.bool_),
+      skipped=jnp.zeros((), jnp.int32),
+      n_ref=_Static(n_ref),
     )
 
   def main_step(grads, delta, inner_state, anchor, extra_args):
@@ -595,11 +595,11 @@ def profit(
     def project(g):
       coef = omega / dd
       return jax.tree.map(
-          lambda gi, di: (
-              gi.astype(di.dtype) - coef.astype(di.dtype) * di
-          ).astype(gi.dtype),
-          g,
-          delta,
+        lambda gi, di: (
+          gi.astype(di.dtype) - coef.astype(di.dtype) * di
+        ).astype(gi.dtype),
+        g,
+        delta,
       )
 
     grads = jax.lax.cond(projected, project, lambda g: g, grads)
@@ -607,13 +607,13 @@ def profit(
     cos = jnp.where(denom > 0, omega / jnp.where(denom > 0, denom, 1.0), 0.0)
     diag_dtype = _tree_acc_dtype(anchor)
     diagnostics = ProfitDiagnostics(
-        omega=omega.astype(diag_dtype),
-        cos=cos.astype(diag_dtype),
-        projected=projected,
-        delta_norm=jnp.sqrt(dd).astype(diag_dtype),
+      omega=omega.astype(diag_dtype),
+      cos=cos.astype(diag_dtype),
+      projected=projected,
+      delta_norm=jnp.sqrt(dd).astype(diag_dtype),
     )
     updates, new_inner = optimizer.update(
-        grads, inner_state, anchor, **extra_args
+      grads, inner_state, anchor, **extra_args
     )
     new_inner = _match_state_types(new_inner, inner_state)
     return _cast_like(updates, anchor), new_inner, diagnostics
@@ -621,15 +621,15 @@ def profit(
   def complete_step(grads, delta, state, anchor, params, extra_args):
     """The end of a PROFIT step whose gradients were all finite."""
     main_updates, inner_state, diagnostics = main_step(
-        grads, delta, state.inner_state, anchor, extra_args
+      grads, delta, state.inner_state, anchor, extra_args
     )
     new_state = state._replace(
-        count=jnp.zeros_like(state.count),
-        step=optax.safe_increment(state.step),
-        ref_state=_match_state_types(ref_init(params), state.ref_state),
-        inner_state=inner_state,
-        diagnostics=diagnostics,
-        finite=jnp.ones((), jnp.bool_),
+      count=jnp.zeros_like(state.count),
+      step=optax.safe_increment(state.step),
+      ref_state=_match_state_types(ref_init(params), state.ref_state),
+      inner_state=inner_state,
+      diagnostics=diagnostics,
+      finite=jnp.ones((), jnp.bool_),
     )
     return main_updates, new_state
 
@@ -637,10 +637,10 @@ def profit(
     """The end of a PROFIT step with a non-finite gradient: back to the
     anchor, the main optimizer untouched."""
     new_state = state._replace(
-        count=jnp.zeros_like(state.count),
-        ref_state=_match_state_types(ref_init(params), state.ref_state),
-        finite=jnp.ones((), jnp.bool_),
-        skipped=optax.safe_increment(state.skipped),
+      count=jnp.zeros_like(state.count),
+      ref_state=_match_state_types(ref_init(params), state.ref_state),
+      finite=jnp.ones((), jnp.bool_),
+      skipped=optax.safe_increment(state.skipped),
     )
     return optax.tree.zeros_like(params), new_state
 
@@ -651,15 +651,15 @@ def profit(
       grads, state, params = operands
       first = state.count == 0
       anchor = jax.lax.cond(
-          first, lambda: to_anchor(params), lambda: state.anchor
+        first, lambda: to_anchor(params), lambda: state.anchor
       )
       finite = jnp.logical_and(
-          jnp.logical_or(first, state.finite), _tree_all_finite(grads)
+        jnp.logical_or(first, state.finite), _tree_all_finite(grads)
       )
 
       def step(_):
         ref_updates, ref_state = ref_update(
-            grads, state.ref_state, params, state.step, extra_args
+          grads, state.ref_state, params, state.step, extra_args
         )
         return ref_updates, _match_state_types(ref_state, state.ref_state)
 
@@ -668,10 +668,10 @@ def profit(
 
       ref_updates, ref_state = jax.lax.cond(finite, step, hold, None)
       new_state = state._replace(
-          count=state.count + 1,
-          anchor=anchor,
-          ref_state=ref_state,
-          finite=finite,
+        count=state.count + 1,
+        anchor=anchor,
+        ref_state=ref_state,
+        finite=finite,
       )
       return ref_updates, new_state
 
@@ -691,18 +691,18 @@ def profit(
       main_updates, new_state = jax.lax.cond(ok, main, skip, None)
       # params + out == anchor + main_updates, up to one rounding.
       out = jax.tree.map(
-          lambda a, p, u: (
-              (a.astype(_acc_dtype(a.dtype)) - p.astype(_acc_dtype(a.dtype)))
-              + u.astype(_acc_dtype(a.dtype))
-          ).astype(p.dtype),
-          anchor,
-          params,
-          main_updates,
+        lambda a, p, u: (
+          (a.astype(_acc_dtype(a.dtype)) - p.astype(_acc_dtype(a.dtype)))
+          + u.astype(_acc_dtype(a.dtype))
+        ).astype(p.dtype),
+        anchor,
+        params,
+        main_updates,
       )
       return out, new_state
 
     return jax.lax.cond(
-        state.count >= n, main_call, reference_call, (updates, state, params)
+      state.count >= n, main_call, reference_call, (updates, state, params)
     )
 
   def whole_step_update(updates, state, params, grad_fn, extra_args):
@@ -714,7 +714,7 @@ def profit(
 
       def step(_):
         ref_updates, new_ref_state = ref_update(
-            grads, ref_state, theta, state.step, extra_args
+          grads, ref_state, theta, state.step, extra_args
         )
         new_ref_state = _match_state_types(new_ref_state, ref_state)
         return optax.apply_updates(theta, ref_updates), new_ref_state
@@ -722,20 +722,20 @@ def profit(
       # Once a gradient of the step is not finite the step will be skipped:
       # stop moving.
       theta, ref_state = jax.lax.cond(
-          finite, step, lambda _: (theta, ref_state), None
+        finite, step, lambda _: (theta, ref_state), None
       )
       new_grads = grad_fn(theta, i)
       _check_same_tree("grad_fn(params, i)", new_grads, params)
       return (theta, ref_state, _cast_like(new_grads, params), finite), None
 
     carry0 = (
-        params,
-        ref_state0,
-        _cast_like(updates, params),
-        jnp.ones((), jnp.bool_),
+      params,
+      ref_state0,
+      _cast_like(updates, params),
+      jnp.ones((), jnp.bool_),
     )
     (theta, _, grads, finite), _ = jax.lax.scan(
-        body, carry0, jnp.arange(n_ref, dtype=jnp.int32)
+      body, carry0, jnp.arange(n_ref, dtype=jnp.int32)
     )
     ok = jnp.logical_and(finite, _tree_all_finite(grads))
 
@@ -746,26 +746,26 @@ def profit(
     return jax.lax.cond(ok, main, lambda _: skip_step(state, params), None)
 
   def update_fn(
-      updates: base.Updates,
-      state: ProfitState,
-      params: Optional[base.Params] = None,
-      *,
-      grad_fn: Optional[_GradFn] = None,
-      **extra_args: Any,
+    updates: base.Updates,
+    state: ProfitState,
+    params: base.Params | None = None,
+    *,
+    grad_fn: _GradFn | None = None,
+    **extra_args: Any,
   ) -> tuple[base.Updates, ProfitState]:
     _check_params(params)
     if not isinstance(state, ProfitState):
       raise TypeError(
-          "`state` must be the ProfitState returned by this transformation's"
-          f" `init`; got {type(state).__name__}."
+        "`state` must be the ProfitState returned by this transformation's"
+        f" `init`; got {type(state).__name__}."
       )
     _check_same_tree("updates", updates, params)
     if grad_fn is None:
       return transparent_update(updates, state, params, extra_args)
     if not callable(grad_fn):
       raise TypeError(
-          "`grad_fn` must be a callable (params, i) -> gradients; got"
-          f" {grad_fn!r}."
+        "`grad_fn` must be a callable (params, i) -> gradients; got"
+        f" {grad_fn!r}."
       )
     return whole_step_update(updates, state, params, grad_fn, extra_args)
 
@@ -782,14 +782,14 @@ def _match_state_types(new: Any, old: Any) -> Any:
   old_leaves, old_treedef = jax.tree_util.tree_flatten(old)
   if treedef != old_treedef:
     raise ValueError(
-        "An inner optimizer changed the structure of its state during"
-        f" `update` (from {old_treedef} to {treedef}); PROFIT needs"
-        " optimizers whose state keeps one structure."
+      "An inner optimizer changed the structure of its state during"
+      f" `update` (from {old_treedef} to {treedef}); PROFIT needs"
+      " optimizers whose state keeps one structure."
     )
   out = [
-      jnp.asarray(n_leaf).astype(o_leaf.dtype)
-      if hasattr(o_leaf, "dtype")
-      else n_leaf
-      for n_leaf, o_leaf in zip(new_leaves, old_leaves)
+    jnp.asarray(n_leaf).astype(o_leaf.dtype)
+    if hasattr(o_leaf, "dtype")
+    else n_leaf
+    for n_leaf, o_leaf in zip(new_leaves, old_leaves)
   ]
   return jax.tree_util.tree_unflatten(treedef, out)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import collections.abc
 import functools
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,22 +48,22 @@ def _split_loss_output(out: Any, has_aux: bool, with_model_state: bool):
   else:
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
       want = (
-          "(loss, (new_model_state, aux))"
-          if with_model_state and has_aux
-          else "(loss, new_model_state)"
-          if with_model_state
-          else "(loss, aux)"
+        "(loss, (new_model_state, aux))"
+        if with_model_state and has_aux
+        else "(loss, new_model_state)"
+        if with_model_state
+        else "(loss, aux)"
       )
       raise TypeError(
-          f"`loss_fn` must return {want} with these options; got a"
-          f" {type(out).__name__}."
+        f"`loss_fn` must return {want} with these options; got a"
+        f" {type(out).__name__}."
       )
     loss, rest = out
     if with_model_state and has_aux:
       if not (isinstance(rest, (tuple, list)) and len(rest) == 2):
         raise TypeError(
-            "With `model_state` and `has_aux=True`, `loss_fn` must return"
-            " (loss, (new_model_state, aux))."
+          "With `model_state` and `has_aux=True`, `loss_fn` must return"
+          " (loss, (new_model_state, aux))."
         )
       new_ms, aux = rest
     elif with_model_state:
@@ -71,19 +72,19 @@ def _split_loss_output(out: Any, has_aux: bool, with_model_state: bool):
       new_ms, aux = None, rest
   if jnp.ndim(loss) != 0:
     raise TypeError(
-        "`loss_fn` must return a scalar loss (reduce over the batch, e.g."
-        f" with jnp.mean); got shape {jnp.shape(loss)}."
+      "`loss_fn` must return a scalar loss (reduce over the batch, e.g."
+      f" with jnp.mean); got shape {jnp.shape(loss)}."
     )
   return loss, (new_ms, aux)
 
 
 @functools.lru_cache(maxsize=128)
 def _build_core(
-    loss_fn: Callable[..., Any],
-    optimizer: base.GradientTransformation,
-    has_aux: bool,
-    with_model_state: bool,
-    donate: bool,
+  loss_fn: Callable[..., Any],
+  optimizer: base.GradientTransformation,
+  has_aux: bool,
+  with_model_state: bool,
+  donate: bool,
 ):
   """Builds the jitted core once per (loss_fn, optimizer, options)."""
 
@@ -107,17 +108,17 @@ def _build_core(
       return (params, opt_state), (loss, new_ms, aux)
 
     (params, opt_state), (losses, new_ms, aux) = jax.lax.scan(
-        body, (params, opt_state), batches
+      body, (params, opt_state), batches
     )
     # Keep the model state of the main sub-step's forward pass (the last one).
     new_ms = jax.tree.map(lambda x: x[-1], new_ms)
     diag = find_profit_state(opt_state).diagnostics
     metrics = {
-        "loss": losses,
-        "omega": diag.omega,
-        "cos": diag.cos,
-        "projected": diag.projected,
-        "delta_norm": diag.delta_norm,
+      "loss": losses,
+      "omega": diag.omega,
+      "cos": diag.cos,
+      "projected": diag.projected,
+      "delta_norm": diag.delta_norm,
     }
     return ProfitStepOutput(params, opt_state, metrics, new_ms, aux)
 
@@ -133,15 +134,15 @@ def _stack_batches(batches: Any, n: int) -> Any:
         pulled.append(next(batches))
       except StopIteration:
         raise ValueError(
-            f"`batches` ran out after {len(pulled)} of the {n} batches a PROFIT"
-            f" step needs (n_ref + 1 = {n}); nothing was applied. Give an"
-            " iterator with enough batches (e.g. cycle over epochs)."
+          f"`batches` ran out after {len(pulled)} of the {n} batches a PROFIT"
+          f" step needs (n_ref + 1 = {n}); nothing was applied. Give an"
+          " iterator with enough batches (e.g. cycle over epochs)."
         ) from None
     structs = [jax.tree_util.tree_structure(b) for b in pulled]
     if any(s != structs[0] for s in structs):
       raise ValueError(
-          "The batches pulled from `batches` have different tree structures:"
-          f" {structs}. Every batch must have the same structure."
+        "The batches pulled from `batches` have different tree structures:"
+        f" {structs}. Every batch must have the same structure."
       )
 
     def stack(*xs):
@@ -154,31 +155,31 @@ def _stack_batches(batches: Any, n: int) -> Any:
   leaves = jax.tree_util.tree_leaves(batches)
   if not leaves:
     raise ValueError(
-        "`batches` is empty: pass an iterator of batches or a pytree of arrays"
-        f" stacked on a leading axis of length n_ref + 1 = {n}."
+      "`batches` is empty: pass an iterator of batches or a pytree of arrays"
+      f" stacked on a leading axis of length n_ref + 1 = {n}."
     )
   for leaf in leaves:
     shape = np.shape(leaf)
     if not shape or shape[0] != n:
       raise ValueError(
-          "`batches` must be an iterator of batches, or a pytree whose every"
-          f" leaf is stacked on a leading axis of length n_ref + 1 = {n}; got a"
-          f" leaf of shape {shape}. Wrap a list of batches with iter(...), or"
-          f" stack exactly {n} batches."
+        "`batches` must be an iterator of batches, or a pytree whose every"
+        f" leaf is stacked on a leading axis of length n_ref + 1 = {n}; got a"
+        f" leaf of shape {shape}. Wrap a list of batches with iter(...), or"
+        f" stack exactly {n} batches."
       )
   return batches
 
 
 def profit_step(
-    loss_fn: Callable[..., Any],
-    optimizer: base.GradientTransformation,
-    params: base.Params,
-    opt_state: base.OptState,
-    batches: Any,
-    *,
-    has_aux: bool = False,
-    model_state: Optional[Any] = None,
-    donate: bool = False,
+  loss_fn: Callable[..., Any],
+  optimizer: base.GradientTransformation,
+  params: base.Params,
+  opt_state: base.OptState,
+  batches: Any,
+  *,
+  has_aux: bool = False,
+  model_state: Any | None = None,
+  donate: bool = False,
 ) -> ProfitStepOutput:
   """Runs one whole PROFIT step over ``n_ref + 1`` batches in one jitted call.
 
@@ -250,21 +251,21 @@ def profit_step(
     raise TypeError(f"`loss_fn` must be callable; got {loss_fn!r}.")
   if params is None:
     raise ValueError(
-        "`params` is None: pass the model parameters (the anchor of the step)."
+      "`params` is None: pass the model parameters (the anchor of the step)."
     )
   try:
     hash(loss_fn)
     hash(optimizer)
   except TypeError as e:
     raise TypeError(
-        "`loss_fn` and `optimizer` must be hashable (the compiled step is"
-        " cached per pair); pass a plain function and an optax"
-        " transformation."
+      "`loss_fn` and `optimizer` must be hashable (the compiled step is"
+      " cached per pair); pass a plain function and an optax"
+      " transformation."
     ) from e
   state = find_profit_state(opt_state)
   n = int(state.n_ref.value) + 1
   stacked = _stack_batches(batches, n)
   core = _build_core(
-      loss_fn, optimizer, bool(has_aux), model_state is not None, bool(donate)
+    loss_fn, optimizer, bool(has_aux), model_state is not None, bool(donate)
   )
   return core(params, opt_state, model_state, stacked)
