@@ -1,4 +1,4 @@
-"""The toy fine-tuning experiment of the PROFIT paper (arXiv 2412.01930, Sec. 4.1).
+"""The toy experiment of the PROFIT paper (arXiv 2412.01930, Sec. 4.1).
 
 An MLP with weights [2, 500], [500, 500], [500, 1] learns
 ``f(x) = sin(10 ‖x‖)`` from noisy samples (``N(0, 1)`` noise) on the old domain
@@ -38,10 +38,10 @@ ACT = jax.nn.relu
 
 # Table 1 of the paper: (original-domain MSE, new-domain MSE).
 PAPER_TABLE1 = {
-    "pretrained": (0.0054, 1.907),
-    "full": (0.705, 0.504),
-    "head": (0.110, 0.572),
-    "profit": (0.046, 0.501),
+  "pretrained": (0.0054, 1.907),
+  "full": (0.705, 0.504),
+  "head": (0.110, 0.572),
+  "profit": (0.046, 0.501),
 }
 
 
@@ -71,7 +71,7 @@ class ToyConfig:
   def quick(self) -> ToyConfig:
     """A tiny configuration for smoke tests."""
     return dataclasses.replace(
-        self, pretrain_steps=200, finetune_steps=100, eval_points=2_000, chunk=50
+      self, pretrain_steps=200, finetune_steps=100, eval_points=2_000, chunk=50
     )
 
 
@@ -81,10 +81,10 @@ def target(x: jax.Array) -> jax.Array:
 
 
 def sample(
-    key: jax.Array,
-    n: int,
-    domain: tuple[float, float],
-    noise_std: float,
+  key: jax.Array,
+  n: int,
+  domain: tuple[float, float],
+  noise_std: float,
 ) -> tuple[jax.Array, jax.Array]:
   """``n`` noisy samples with inputs uniform on ``domain``²."""
   kx, kn = jax.random.split(key)
@@ -97,12 +97,12 @@ def init_mlp(key: jax.Array, hidden: int = HIDDEN) -> Params:
   k1, k2, k3 = jax.random.split(key, 3)
   he = lambda k, shape: jax.random.normal(k, shape) * jnp.sqrt(2.0 / shape[0])
   return {
-      "w1": he(k1, (2, hidden)),
-      "b1": jnp.zeros(hidden),
-      "w2": he(k2, (hidden, hidden)),
-      "b2": jnp.zeros(hidden),
-      "w3": he(k3, (hidden, 1)),
-      "b3": jnp.zeros(1),
+    "w1": he(k1, (2, hidden)),
+    "b1": jnp.zeros(hidden),
+    "w2": he(k2, (hidden, hidden)),
+    "b2": jnp.zeros(hidden),
+    "w3": he(k3, (hidden, 1)),
+    "b3": jnp.zeros(1),
   }
 
 
@@ -122,9 +122,11 @@ def mse_loss(params: Params, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
 
 def head_only(optimizer: optax.GradientTransformation):
   """``optimizer`` on the last layer, everything else frozen."""
-  labels = {k: ("head" if k in HEAD_KEYS else "frozen") for k in init_mlp_keys()}
+  labels = {
+    k: ("head" if k in HEAD_KEYS else "frozen") for k in init_mlp_keys()
+  }
   return optax.multi_transform(
-      {"head": optimizer, "frozen": optax.set_to_zero()}, labels
+    {"head": optimizer, "frozen": optax.set_to_zero()}, labels
   )
 
 
@@ -133,11 +135,11 @@ def init_mlp_keys() -> tuple[str, ...]:
 
 
 def make_trainer(
-    tx: optax.GradientTransformation,
-    domain: tuple[float, float],
-    batch_size: int,
-    noise_std: float,
-    chunk: int,
+  tx: optax.GradientTransformation,
+  domain: tuple[float, float],
+  batch_size: int,
+  noise_std: float,
+  chunk: int,
 ) -> Callable:
   """A jitted ``(params, state, key) -> (params, state, mean_loss)`` that takes
   ``chunk`` optimizer calls, each on a fresh batch from ``domain``.
@@ -156,7 +158,7 @@ def make_trainer(
       return (optax.apply_updates(params, updates), state), loss
 
     (params, state), losses = jax.lax.scan(
-        body, (params, state), jax.random.split(key, chunk)
+      body, (params, state), jax.random.split(key, chunk)
     )
     return params, state, jnp.mean(losses)
 
@@ -164,19 +166,19 @@ def make_trainer(
 
 
 def train(
-    params: Params,
-    tx: optax.GradientTransformation,
-    calls: int,
-    key: jax.Array,
-    cfg: ToyConfig,
-    domain: tuple[float, float],
-    progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
-    on_chunk: Callable[[Params, optax.OptState, float], None] | None = None,
+  params: Params,
+  tx: optax.GradientTransformation,
+  calls: int,
+  key: jax.Array,
+  cfg: ToyConfig,
+  domain: tuple[float, float],
+  progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
+  on_chunk: Callable[[Params, optax.OptState, float], None] | None = None,
 ) -> Params:
   """Runs ``calls`` optimizer calls of ``tx`` in jitted chunks."""
   if calls % cfg.chunk:
     raise ValueError(
-        f"calls ({calls}) must be a multiple of cfg.chunk ({cfg.chunk})."
+      f"calls ({calls}) must be a multiple of cfg.chunk ({cfg.chunk})."
     )
   run = make_trainer(tx, domain, cfg.batch_size, cfg.noise_std, cfg.chunk)
   state = tx.init(params)
@@ -188,12 +190,14 @@ def train(
   return params
 
 
-def evaluate(params: Params, key: jax.Array, cfg: ToyConfig) -> dict[str, float]:
+def evaluate(
+  params: Params, key: jax.Array, cfg: ToyConfig
+) -> dict[str, float]:
   """MSE against the noiseless ``f`` on each domain."""
   out = {}
   for name, domain, k in (
-      ("mse_old", OLD_DOMAIN, jax.random.fold_in(key, 0)),
-      ("mse_new", NEW_DOMAIN, jax.random.fold_in(key, 1)),
+    ("mse_old", OLD_DOMAIN, jax.random.fold_in(key, 0)),
+    ("mse_new", NEW_DOMAIN, jax.random.fold_in(key, 1)),
   ):
     x, _ = sample(k, cfg.eval_points, domain, 0.0)
     out[name] = float(jnp.mean((apply_mlp(params, x) - target(x)) ** 2))
@@ -202,17 +206,25 @@ def evaluate(params: Params, key: jax.Array, cfg: ToyConfig) -> dict[str, float]
 
 def _cache_path(cfg: ToyConfig, cache_dir: pathlib.Path) -> pathlib.Path:
   fields = {
-      k: getattr(cfg, k)
-      for k in ("pretrain_steps", "pretrain_lr", "batch_size", "noise_std", "seed")
+    k: getattr(cfg, k)
+    for k in (
+      "pretrain_steps",
+      "pretrain_lr",
+      "batch_size",
+      "noise_std",
+      "seed",
+    )
   }
-  digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+  digest = hashlib.sha256(
+    json.dumps(fields, sort_keys=True).encode()
+  ).hexdigest()
   return cache_dir / f"toy_pretrained_{digest[:16]}.npz"
 
 
 def pretrain(
-    cfg: ToyConfig,
-    cache_dir: pathlib.Path | None = None,
-    progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
+  cfg: ToyConfig,
+  cache_dir: pathlib.Path | None = None,
+  progress: Callable[[Iterable[int]], Iterable[int]] | None = None,
 ) -> Params:
   """The baseline: RMSProp on the old domain (cached in ``cache_dir``)."""
   path = _cache_path(cfg, cache_dir) if cache_dir is not None else None
@@ -222,13 +234,13 @@ def pretrain(
   key = jax.random.PRNGKey(cfg.seed)
   params = init_mlp(jax.random.fold_in(key, 0))
   params = train(
-      params,
-      optax.rmsprop(cfg.pretrain_lr),
-      cfg.pretrain_steps,
-      jax.random.fold_in(key, 1),
-      cfg,
-      OLD_DOMAIN,
-      progress,
+    params,
+    optax.rmsprop(cfg.pretrain_lr),
+    cfg.pretrain_steps,
+    jax.random.fold_in(key, 1),
+    cfg,
+    OLD_DOMAIN,
+    progress,
   )
   if path is not None:
     os.makedirs(path.parent, exist_ok=True)
@@ -239,7 +251,7 @@ def pretrain(
 
 
 def methods(
-    cfg: ToyConfig, n_ref: int = 1, ratios: tuple[float, ...] = (10.0,)
+  cfg: ToyConfig, n_ref: int = 1, ratios: tuple[float, ...] = (10.0,)
 ) -> dict[str, tuple[optax.GradientTransformation, int]]:
   """The fine-tuning methods of Table 1: name -> (transformation, calls).
 
@@ -251,13 +263,13 @@ def methods(
   """
   lr = cfg.finetune_lr
   out = {
-      "full": (optax.rmsprop(lr), cfg.finetune_steps),
-      "head": (head_only(optax.rmsprop(lr)), cfg.finetune_steps),
+    "full": (optax.rmsprop(lr), cfg.finetune_steps),
+    "head": (head_only(optax.rmsprop(lr)), cfg.finetune_steps),
   }
   for i, ratio in enumerate(ratios):
     name = "profit" if i == 0 else f"profit-ratio{ratio:g}"
     out[name] = (
-        profit_optax.profit(optax.rmsprop(lr), lr / ratio, n_ref=n_ref),
-        cfg.finetune_steps * (n_ref + 1),
+      profit_optax.profit(optax.rmsprop(lr), lr / ratio, n_ref=n_ref),
+      cfg.finetune_steps * (n_ref + 1),
     )
   return out

@@ -8,11 +8,11 @@ from examples import toy_demo
 def test_demo_quick_prints_all_methods(capsys):
   results = toy_demo.main(["--quick", "--no-cache", "--no-progress"])
   assert list(results) == [
-      "pretrained",
-      "full",
-      "head",
-      "profit",
-      "profit-ratio10000",
+    "pretrained",
+    "full",
+    "head",
+    "profit",
+    "profit-ratio10000",
   ]
   for r in results.values():
     assert math.isfinite(r["mse_old"]) and math.isfinite(r["mse_new"])
