@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up .venv (if needed) and runs the test suite on the CPU.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh" test
+source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh" test,examples
 export JAX_PLATFORMS=cpu
 exec .venv/bin/python -m pytest "$@"

@@ -287,7 +287,7 @@ def _check_params(params: Any) -> None:
 
 def _check_float_params(params: Any) -> None:
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    dtype = jnp.result_type(leaf)
+    dtype = _dtype_of(leaf)
     if not jnp.issubdtype(dtype, jnp.inexact):
       raise TypeError(
         f"PROFIT moves floating-point parameters, but `params` leaf"
@@ -323,6 +323,12 @@ def _check_same_tree(
 # --------------------------------------------------------------------------
 
 
+def _dtype_of(x: Any) -> Any:
+  """The dtype of an array, scalar or jax.ShapeDtypeStruct."""
+  dtype = getattr(x, "dtype", None)
+  return jnp.dtype(dtype) if dtype is not None else jnp.result_type(x)
+
+
 def _acc_dtype(dtype: Any) -> Any:
   """The dtype in which inner products are accumulated: >= float32."""
   return jnp.promote_types(dtype, jnp.float32)
@@ -338,15 +344,16 @@ def _tree_acc_dtype(tree: Any) -> Any:
 
 
 def _tree_vdot(a: Any, b: Any) -> jax.Array:
-  """<a, b> over all leaves, accumulated in at least float32."""
-  parts = [
-    jnp.vdot(
-      x.astype(_acc_dtype(x.dtype)),
-      y.astype(_acc_dtype(y.dtype)),
-      precision=jax.lax.Precision.HIGHEST,
-    ).real
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
-  ]
+  """<a, b> over all leaves, accumulated in at least float32.
+
+  An elementwise product and a sum, not ``jnp.vdot``: no reshape, so it works
+  on arrays with explicit (sharding-in-types) shardings; the cross-device
+  reduction is a scalar all-reduce.
+  """
+  parts = []
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    dtype = jnp.promote_types(_acc_dtype(x.dtype), _acc_dtype(y.dtype))
+    parts.append(jnp.sum(x.astype(dtype) * y.astype(dtype)))
   if not parts:
     return jnp.zeros((), jnp.float32)
   dtype = jnp.result_type(*parts)
@@ -558,6 +565,11 @@ def profit(
     )
     return _cast_like(updates, params), ref_state
 
+  def _initial_anchor(p):
+    if isinstance(p, jax.ShapeDtypeStruct):
+      return jnp.zeros_like(p, dtype=anchor_dtype or p.dtype)
+    return jnp.asarray(p, dtype=anchor_dtype)
+
   def to_anchor(params):
     if anchor_dtype is None:
       return jax.tree.map(jnp.asarray, params)
@@ -572,7 +584,10 @@ def profit(
     return ProfitState(
       count=jnp.zeros((), jnp.int32),
       step=jnp.zeros((), jnp.int32),
-      anchor=to_anchor(params),
+      # Only meaningful once a cycle starts (count > 0). A copy of the
+      # parameters keeps their sharding under jit; abstract parameters
+      # (jax.ShapeDtypeStruct) get an abstract anchor of the same type.
+      anchor=jax.tree.map(_initial_anchor, params),
       ref_state=ref_init(params),
       inner_state=optimizer.init(params),
       diagnostics=_zero_diagnostics(_tree_acc_dtype(params)),
