@@ -1,5 +1,7 @@
 """Bad input gets a clear error that names the argument and the fix."""
 
+import hypothesis
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -181,3 +183,90 @@ def test_profit_step_error_applies_nothing():
   )
   assert int(out.opt_state.step) == 1
   jax.block_until_ready(out.params)
+
+
+# --------------------------------------------------------------------------
+# Random mismatches (hypothesis)
+# --------------------------------------------------------------------------
+
+_shapes = st.lists(st.integers(1, 3), min_size=0, max_size=2).map(tuple)
+
+
+@st.composite
+def mismatched_trees(draw):
+  """Params and a gradient tree that differs in structure or in one shape."""
+  names = draw(
+    st.lists(st.sampled_from("abcde"), min_size=1, max_size=4, unique=True)
+  )
+  shapes = [draw(_shapes) for _ in names]
+  params = {n: np.zeros(s, np.float32) for n, s in zip(names, shapes)}
+  kind = draw(st.sampled_from(["drop", "add", "shape", "nest"]))
+  grads = dict(params)
+  if kind == "drop" and len(names) > 1:
+    del grads[names[0]]
+  elif kind == "add":
+    grads["z"] = np.zeros((1,), np.float32)
+  elif kind == "nest":
+    grads[names[0]] = {"inner": grads[names[0]]}
+  else:
+    grads[names[0]] = np.zeros(shapes[0] + (2,), np.float32)
+  return params, grads
+
+
+@hypothesis.settings(max_examples=15, deadline=None)
+@hypothesis.given(mismatched_trees())
+def test_random_gradient_mismatch_is_reported(case):
+  params, grads = case
+  tx = profit_optax.profit(optax.adam(0.1), 0.01)
+  state = tx.init(params)
+  with pytest.raises(
+    ValueError,
+    match=r"`updates` (must have the same tree|"
+    r"leaf \d+ has shape)",
+  ):
+    tx.update(grads, state, params)
+  with pytest.raises(
+    ValueError,
+    match=r"`updates` (must have the same tree|"
+    r"leaf \d+ has shape)",
+  ):
+    tx.update(grads, state, params, grad_fn=lambda p, i: p)
+  # Nothing was applied: the same state still works with the right gradients.
+  updates, new_state = tx.update(params, state, params)
+  assert int(new_state.count) == 1
+
+
+def test_profit_step_batches_of_different_structure():
+  tx = profit_optax.profit(optax.sgd(0.1), 0.01)
+  state = tx.init(PARAMS)
+  batches = iter([jnp.ones((3, 2)), (jnp.ones((3, 2)),)])
+  with pytest.raises(ValueError, match=r"different tree structures"):
+    profit_optax.profit_step(loss_fn, tx, PARAMS, state, batches)
+
+
+def test_profit_step_empty_batches():
+  tx = profit_optax.profit(optax.sgd(0.1), 0.01)
+  state = tx.init(PARAMS)
+  with pytest.raises(ValueError, match=r"`batches` is empty"):
+    profit_optax.profit_step(loss_fn, tx, PARAMS, state, {})
+
+
+def test_profit_step_loss_fn_not_callable():
+  tx = profit_optax.profit(optax.sgd(0.1), 0.01)
+  with pytest.raises(TypeError, match=r"`loss_fn` must be callable"):
+    profit_optax.profit_step(
+      None, tx, PARAMS, tx.init(PARAMS), jnp.ones((2, 3, 2))
+    )
+
+
+def test_profit_step_model_state_loss_returns_scalar():
+  tx = profit_optax.profit(optax.sgd(0.1), 0.01)
+  with pytest.raises(TypeError, match=r"must return \(loss, new_model_state\)"):
+    profit_optax.profit_step(
+      lambda p, s, b: loss_fn(p, b),
+      tx,
+      PARAMS,
+      tx.init(PARAMS),
+      jnp.ones((2, 3, 2)),
+      model_state={"mean": jnp.zeros(2)},
+    )

@@ -1,0 +1,77 @@
+"""Checkpoint/resume with Orbax at any point of a PROFIT cycle."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import profit_optax
+
+ocp = pytest.importorskip("orbax.checkpoint")
+
+CYCLES = 2
+
+
+def loss_fn(params, key):
+  kx, kn = jax.random.split(key)
+  x = jax.random.normal(kx, (16, 3))
+  y = x @ jnp.array([1.0, -2.0, 0.5]) + 0.3 * jax.random.normal(kn, (16,))
+  return jnp.mean((x @ params["w"] + params["b"] - y) ** 2)
+
+
+def make_call(tx):
+  @jax.jit
+  def call(params, state, key):
+    updates, state = tx.update(jax.grad(loss_fn)(params, key), state, params)
+    return optax.apply_updates(params, updates), state
+
+  return call
+
+
+def run(call, params, state, keys):
+  for key in keys:
+    params, state = call(params, state, key)
+  return params, state
+
+
+def assert_bit_identical(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(la, lb, strict=True):
+    assert x.dtype == y.dtype
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("n_ref", [1, 2])
+def test_resume_at_every_point_of_a_cycle(tmp_path, n_ref):
+  tx = profit_optax.profit(optax.adam(1e-2), 1e-3, n_ref=n_ref)
+  call = make_call(tx)
+  params0 = {"w": jnp.zeros(3), "b": jnp.zeros(())}
+  keys = jax.random.split(jax.random.PRNGKey(0), CYCLES * (n_ref + 1))
+  want_params, want_state = run(call, params0, tx.init(params0), keys)
+
+  checkpointer = ocp.StandardCheckpointer()
+  # After every call: reference calls (mid-cycle) and main calls (boundary).
+  for stop in range(1, len(keys)):
+    params, state = run(call, params0, tx.init(params0), keys[:stop])
+    path = tmp_path / f"n{n_ref}_stop{stop}"
+    checkpointer.save(path, {"params": params, "opt_state": state})
+    checkpointer.wait_until_finished()
+
+    # A fresh restore into an abstract target built from a new init.
+    target = jax.eval_shape(
+      lambda: {"params": params0, "opt_state": tx.init(params0)}
+    )
+    restored = checkpointer.restore(path, target)
+    assert isinstance(restored["opt_state"], profit_optax.ProfitState)
+    assert restored["opt_state"].n_ref.value == n_ref
+    assert int(restored["opt_state"].count) == stop % (n_ref + 1)
+    assert_bit_identical(restored, {"params": params, "opt_state": state})
+
+    got_params, got_state = run(
+      call, restored["params"], restored["opt_state"], keys[stop:]
+    )
+    assert_bit_identical(got_params, want_params)
+    assert_bit_identical(got_state, want_state)
+  checkpointer.close()
