@@ -607,17 +607,20 @@ def profit(
     gg = _tree_vdot(grads, grads)
     projected = jnp.logical_and(omega < 0, dd > 0)
 
-    def project(g):
-      coef = omega / dd
-      return jax.tree.map(
-        lambda gi, di: (
-          gi.astype(di.dtype) - coef.astype(di.dtype) * di
-        ).astype(gi.dtype),
-        g,
-        delta,
-      )
-
-    grads = jax.lax.cond(projected, project, lambda g: g, grads)
+    # The projection is cheap elementwise work: a select (jnp.where, which
+    # never lets the unchosen side's values through) rather than a lax.cond,
+    # so that XLA fuses `params - anchor` into it instead of materialising
+    # the displacement as a cond operand.
+    coef = jnp.where(projected, omega / jnp.where(projected, dd, 1.0), 0.0)
+    grads = jax.tree.map(
+      lambda gi, di: jnp.where(
+        projected,
+        (gi.astype(di.dtype) - coef.astype(di.dtype) * di).astype(gi.dtype),
+        gi,
+      ),
+      grads,
+      delta,
+    )
     denom = jnp.sqrt(dd) * jnp.sqrt(gg)
     cos = jnp.where(denom > 0, omega / jnp.where(denom > 0, denom, 1.0), 0.0)
     diag_dtype = _tree_acc_dtype(anchor)
@@ -660,14 +663,17 @@ def profit(
     return optax.tree.zeros_like(params), new_state
 
   def transparent_update(updates, state, params, extra_args):
-    n = n_ref
+    grads = updates
+    first = state.count == 0
+    # The first call of a cycle stores the anchor. An elementwise select
+    # outside the branches below: XLA writes it in place into the (donated)
+    # anchor buffer, where a lax.cond output would need a copy.
+    anchor_store = jax.tree.map(
+      lambda p, a: jnp.where(first, p.astype(a.dtype), a), params, state.anchor
+    )
+    state = state._replace(anchor=anchor_store)
 
-    def reference_call(operands):
-      grads, state, params = operands
-      first = state.count == 0
-      anchor = jax.lax.cond(
-        first, lambda: to_anchor(params), lambda: state.anchor
-      )
+    def reference_call(_):
       finite = jnp.logical_and(
         jnp.logical_or(first, state.finite), _tree_all_finite(grads)
       )
@@ -683,15 +689,11 @@ def profit(
 
       ref_updates, ref_state = jax.lax.cond(finite, step, hold, None)
       new_state = state._replace(
-        count=state.count + 1,
-        anchor=anchor,
-        ref_state=ref_state,
-        finite=finite,
+        count=state.count + 1, ref_state=ref_state, finite=finite
       )
       return ref_updates, new_state
 
-    def main_call(operands):
-      grads, state, params = operands
+    def main_call(_):
       anchor = from_anchor(state.anchor, params)
       # n_ref >= 1, so the reference calls of this cycle set `finite`.
       ok = jnp.logical_and(state.finite, _tree_all_finite(grads))
@@ -716,9 +718,7 @@ def profit(
       )
       return out, new_state
 
-    return jax.lax.cond(
-      state.count >= n, main_call, reference_call, (updates, state, params)
-    )
+    return jax.lax.cond(state.count >= n_ref, main_call, reference_call, None)
 
   def whole_step_update(updates, state, params, grad_fn, extra_args):
     ref_state0 = ref_init(params)
