@@ -360,6 +360,15 @@ def _tree_vdot(a: Any, b: Any) -> jax.Array:
   return sum((p.astype(dtype) for p in parts), jnp.zeros((), dtype))
 
 
+def _inner_products(delta: Any, grads: Any) -> tuple[jax.Array, ...]:
+  """(<Δ, g>, <Δ, Δ>, <g, g>), accumulated in at least float32."""
+  return (
+    _tree_vdot(delta, grads),
+    _tree_vdot(delta, delta),
+    _tree_vdot(grads, grads),
+  )
+
+
 def _tree_displacement(params: Any, anchor: Any) -> Any:
   """``params - anchor`` per leaf, in at least float32."""
   return jax.tree.map(
@@ -596,15 +605,13 @@ def profit(
       n_ref=_Static(n_ref),
     )
 
-  def main_step(grads, delta, inner_state, anchor, extra_args):
+  def main_step(grads, delta, products, inner_state, anchor, extra_args):
     """Projection and main optimizer step from the anchor.
 
-    Returns the main optimizer's update (relative to ``anchor``), its new state
-    and the diagnostics.
+    ``products`` are ``(<Δ, g>, <Δ, Δ>, <g, g>)``. Returns the main optimizer's
+    update (relative to ``anchor``), its new state and the diagnostics.
     """
-    omega = _tree_vdot(delta, grads)
-    dd = _tree_vdot(delta, delta)
-    gg = _tree_vdot(grads, grads)
+    omega, dd, gg = products
     projected = jnp.logical_and(omega < 0, dd > 0)
 
     # The projection is cheap elementwise work: a select (jnp.where, which
@@ -636,10 +643,10 @@ def profit(
     new_inner = _match_state_types(new_inner, inner_state)
     return _cast_like(updates, anchor), new_inner, diagnostics
 
-  def complete_step(grads, delta, state, anchor, params, extra_args):
+  def complete_step(grads, delta, products, state, anchor, params, extra_args):
     """The end of a PROFIT step whose gradients were all finite."""
     main_updates, inner_state, diagnostics = main_step(
-      grads, delta, state.inner_state, anchor, extra_args
+      grads, delta, products, state.inner_state, anchor, extra_args
     )
     new_state = state._replace(
       count=jnp.zeros_like(state.count),
@@ -695,12 +702,16 @@ def profit(
 
     def main_call(_):
       anchor = from_anchor(state.anchor, params)
-      # n_ref >= 1, so the reference calls of this cycle set `finite`.
-      ok = jnp.logical_and(state.finite, _tree_all_finite(grads))
+      delta = _tree_displacement(params, anchor)
+      products = _inner_products(delta, grads)
+      # n_ref >= 1, so the reference calls of this cycle set `finite`; a NaN
+      # or inf anywhere in g makes <g, g> non-finite.
+      ok = jnp.logical_and(state.finite, jnp.isfinite(products[2]))
 
       def main(_):
-        delta = _tree_displacement(params, anchor)
-        return complete_step(grads, delta, state, anchor, params, extra_args)
+        return complete_step(
+          grads, delta, products, state, anchor, params, extra_args
+        )
 
       def skip(_):
         return skip_step(state, params)
@@ -752,11 +763,14 @@ def profit(
     (theta, _, grads, finite), _ = jax.lax.scan(
       body, carry0, jnp.arange(n_ref, dtype=jnp.int32)
     )
-    ok = jnp.logical_and(finite, _tree_all_finite(grads))
+    delta = _tree_displacement(theta, params)
+    products = _inner_products(delta, grads)
+    ok = jnp.logical_and(finite, jnp.isfinite(products[2]))
 
     def main(_):
-      delta = _tree_displacement(theta, params)
-      return complete_step(grads, delta, state, params, params, extra_args)
+      return complete_step(
+        grads, delta, products, state, params, params, extra_args
+      )
 
     return jax.lax.cond(ok, main, lambda _: skip_step(state, params), None)
 
