@@ -257,7 +257,7 @@ def torch_peer(calls: int, repeats: int) -> dict | None:
     return None
   torch.set_num_threads(os.cpu_count() or 1)
   model = MODELS["mlp"]
-  x, y = (np.asarray(a) for a in model.batches(jax.random.PRNGKey(1), calls))
+  x, y = (np.array(a) for a in model.batches(jax.random.PRNGKey(1), calls))
   net = torch.nn.Sequential(
     torch.nn.Linear(2, 500),
     torch.nn.ReLU(),
@@ -502,7 +502,7 @@ def main(argv=None):
         "params": n_params(model.init(jax.random.PRNGKey(0))),
         "n_ref": n_ref,
         "times": step_times(
-          model, n_ref, 12 if quick else calls[name], repeats
+          model, n_ref, 6 if quick else calls[name], repeats
         ),
       }
     )
@@ -512,12 +512,12 @@ def main(argv=None):
     k: 1e3 * v
     for k, v in main_call_breakdown(leaves, leaf, max(repeats, 3)).items()
   }
-  res["compile_steps"] = 10 if quick else 100
+  res["compile_steps"] = 4 if quick else 100
   for name in tqdm(models, desc="memory, compiles"):
     res["memory"][name] = memory(MODELS[name])
     res["compiles"][name] = compile_count(MODELS[name], res["compile_steps"])
   if "mlp" in models:
-    res["torch"] = torch_peer(12 if quick else calls["mlp"], repeats)
+    res["torch"] = torch_peer(6 if quick else calls["mlp"], repeats)
   command = "python -m benchmarks.overhead" + (" --quick" if quick else "")
   report = to_markdown(res, command)
   args.out.mkdir(parents=True, exist_ok=True)

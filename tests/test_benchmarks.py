@@ -1,0 +1,27 @@
+"""The benchmarks run end to end in their quick mode."""
+
+import json
+import math
+
+from benchmarks import overhead
+
+
+def test_overhead_quick(tmp_path):
+  res = overhead.main(["--quick", "--out", str(tmp_path)])
+  report = (tmp_path / "overhead_quick.md").read_text()
+  data = json.loads((tmp_path / "overhead_quick.json").read_text())
+  assert "Time per PROFIT step" in report and "Peak memory" in report
+  (row,) = data["steps"]
+  for drive in (
+    "floor",
+    "per_call",
+    "whole_step",
+    "profit_step",
+    "naive_blend",
+  ):
+    assert math.isfinite(row["times"][drive]["ratio"])
+  assert res["compiles"]["mlp"] == {"per_call": 1, "profit_step": 1}
+  mem = res["memory"]["mlp"]
+  if mem["base_peak_bytes"] is not None:
+    # The anchor is the only parameter-sized extra.
+    assert mem["extra_over_param_bytes"] <= 1.1
