@@ -3,8 +3,9 @@
 A PROFIT step needs ``n_ref + 1`` gradient evaluations; this measures how
 close each way of running it comes to ``n_ref + 1`` steps of the base
 optimizer alone on the same model and batches, side by side in one run
-(warm-up, compilation timed separately, ``block_until_ready``, median of
-repeats), together with two peers: the same algorithm written naively (both
+(warm-up, compilation timed separately, ``block_until_ready``; the variants
+are timed in interleaved rounds and each ratio is the median over rounds of
+the ratio within a round), together with two peers: the same algorithm written naively (both
 branches every call, blended with 0/1 arithmetic) and a straightforward
 PyTorch implementation of Algorithm 1 on the toy MLP (skipped when torch is
 not installed: ``pip install torch``).
@@ -47,18 +48,36 @@ def block(tree):
   return jax.block_until_ready(tree)
 
 
-def timed(fn: Callable, args: tuple, repeats: int) -> tuple[float, float]:
-  """(compile seconds, median run seconds) of ``jax.jit(fn)(*args)``."""
+def compiled_runner(fn: Callable, args: tuple) -> tuple[float, Callable]:
+  """(compile seconds, a warmed-up no-argument runner of ``jit(fn)(*args)``)."""
   start = time.perf_counter()
   compiled = jax.jit(fn).lower(*args).compile()
   compile_s = time.perf_counter() - start
-  block(compiled(*args))  # warm-up
-  runs = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    block(compiled(*args))
-    runs.append(time.perf_counter() - start)
-  return compile_s, statistics.median(runs)
+  run = lambda: block(compiled(*args))
+  run()  # warm-up
+  return compile_s, run
+
+
+def interleaved(runners: dict[str, Callable], rounds: int) -> dict:
+  """Times every runner once per round, in turn, for ``rounds`` rounds.
+
+  Interleaving puts the variants under the same machine conditions, so that
+  a slow spell (another process, frequency scaling) hits all of them rather
+  than one: ratios are taken within a round, then the median over rounds.
+  Returns ``{name: [seconds of each round]}``.
+  """
+  times = {name: [] for name in runners}
+  for _ in range(rounds):
+    for name, run in runners.items():
+      start = time.perf_counter()
+      run()
+      times[name].append(time.perf_counter() - start)
+  return times
+
+
+def median_ratio(times: list[float], base: list[float]) -> float:
+  """The median over rounds of ``times[r] / base[r]``."""
+  return statistics.median(t / b for t, b in zip(times, base))
 
 
 # -- training loops: all scan over the same pre-made batches ------------------
@@ -102,8 +121,9 @@ def whole_step_loop(model: Model, tx, n: int):
   return loop
 
 
-def time_profit_step(model: Model, tx, params, batches, n, repeats):
-  """``profit_step`` called from Python once per PROFIT step."""
+def profit_step_runner(model: Model, tx, params, batches, n):
+  """(first call seconds, runner): ``profit_step`` called from Python once
+  per PROFIT step."""
   steps = jax.tree.leaves(batches)[0].shape[0] // n
   chunks = [
     jax.tree.map(lambda x, k=k: x[k * n : (k + 1) * n], batches)
@@ -120,19 +140,13 @@ def time_profit_step(model: Model, tx, params, batches, n, repeats):
 
   start = time.perf_counter()
   run()
-  first = time.perf_counter() - start
-  runs = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    run()
-    runs.append(time.perf_counter() - start)
-  return first, statistics.median(runs)
+  return time.perf_counter() - start, run
 
 
 # -- the benchmarks -----------------------------------------------------------
 
 
-def step_times(model: Model, n_ref: int, calls: int, repeats: int) -> dict:
+def step_times(model: Model, n_ref: int, calls: int, rounds: int) -> dict:
   """Per-PROFIT-step seconds of each drive and of the floor."""
   n = n_ref + 1
   params = model.init(jax.random.PRNGKey(0))
@@ -141,24 +155,30 @@ def step_times(model: Model, n_ref: int, calls: int, repeats: int) -> dict:
   base = optax.adam(LR)
   profit = profit_optax.profit(optax.adam(LR), LR_REF, n_ref=n_ref)
   naive = naive_profit(optax.adam(LR), LR_REF, n_ref=n_ref)
-  out = {}
+  out, runners = {}, {}
   for name, loop, tx in (
     ("floor", per_call_loop(model, base), base),
     ("per_call", per_call_loop(model, profit), profit),
     ("whole_step", whole_step_loop(model, profit, n), profit),
     ("naive_blend", per_call_loop(model, naive), naive),
   ):
-    compile_s, run_s = timed(loop, (params, tx.init(params), batches), repeats)
-    out[name] = {"compile_s": compile_s, "step_s": run_s / steps}
-  first, run_s = time_profit_step(model, profit, params, batches, n, repeats)
-  out["profit_step"] = {"first_call_s": first, "step_s": run_s / steps}
-  floor = out["floor"]["step_s"]
-  for v in out.values():
-    v["ratio"] = v["step_s"] / floor
+    compile_s, runners[name] = compiled_runner(
+      loop, (params, tx.init(params), batches)
+    )
+    out[name] = {"compile_s": compile_s}
+  first, runners["profit_step"] = profit_step_runner(
+    model, profit, params, batches, n
+  )
+  out["profit_step"] = {"first_call_s": first}
+  times = interleaved(runners, rounds)
+  for name, t in times.items():
+    out[name]["step_s"] = statistics.median(t) / steps
+    out[name]["ratio"] = median_ratio(t, times["floor"])
+    out[name]["rounds_s"] = t
   return out
 
 
-def optimizer_only(n_leaves: int, leaf_size: int, repeats: int) -> dict:
+def optimizer_only(n_leaves: int, leaf_size: int, rounds: int) -> dict:
   """One `update` of PROFIT (reference call, main call) vs the base's."""
   keys = jax.random.split(jax.random.PRNGKey(0), n_leaves)
   params = {
@@ -171,17 +191,19 @@ def optimizer_only(n_leaves: int, leaf_size: int, repeats: int) -> dict:
   state = profit.init(params)
   main_state = state._replace(count=jnp.ones((), jnp.int32))
   naive_main = naive.init(params)._replace(count=jnp.ones((), jnp.int32))
-  out = {}
+  out, runners = {}, {}
   for name, tx, s in (
     ("base_update", base, base.init(params)),
     ("profit_reference_call", profit, state),
     ("profit_main_call", profit, main_state),
     ("naive_main_call", naive, naive_main),
   ):
-    compile_s, run_s = timed(tx.update, (grads, s, params), repeats)
-    out[name] = {"compile_s": compile_s, "update_s": run_s}
-  for v in out.values():
-    v["ratio"] = v["update_s"] / out["base_update"]["update_s"]
+    compile_s, runners[name] = compiled_runner(tx.update, (grads, s, params))
+    out[name] = {"compile_s": compile_s}
+  times = interleaved(runners, rounds)
+  for name, t in times.items():
+    out[name]["update_s"] = statistics.median(t)
+    out[name]["ratio"] = median_ratio(t, times["base_update"])
   out["n_params"] = n_leaves * leaf_size
   return out
 
@@ -249,7 +271,7 @@ def compile_count(model: Model, steps: int) -> dict:
   return {"per_call": per_call, "profit_step": core._cache_size()}
 
 
-def torch_peer(calls: int, repeats: int) -> dict | None:
+def torch_peer(calls: int, rounds: int) -> dict | None:
   """Algorithm 1 written plainly in PyTorch on the toy MLP, vs JAX."""
   try:
     import torch
@@ -301,17 +323,31 @@ def torch_peer(calls: int, repeats: int) -> dict | None:
       grads_at(i)
       opt.step()
 
+  # The JAX implementation on the same batches, timed in the same rounds.
+  jparams = model.init(jax.random.PRNGKey(0))
+  jbatches = block(model.batches(jax.random.PRNGKey(1), calls))
+  jtx = profit_optax.profit(optax.adam(LR), LR_REF)
+  _, jax_run = compiled_runner(
+    per_call_loop(model, jtx), (jparams, jtx.init(jparams), jbatches)
+  )
+  base_run()
+  profit_run()
+  times = interleaved(
+    {
+      "torch_floor": base_run,
+      "torch_profit": profit_run,
+      "jax_profit": jax_run,
+    },
+    rounds,
+  )
   out = {"torch_version": torch.__version__}
-  for name, fn in (("torch_floor", base_run), ("torch_profit", profit_run)):
-    fn()
-    runs = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      fn()
-      runs.append(time.perf_counter() - start)
-    out[name] = {"step_s": statistics.median(runs) / (calls // 2)}
-  out["torch_profit"]["ratio"] = (
-    out["torch_profit"]["step_s"] / out["torch_floor"]["step_s"]
+  for name, t in times.items():
+    out[name] = {"step_s": statistics.median(t) / (calls // 2)}
+  out["torch_profit"]["ratio"] = median_ratio(
+    times["torch_profit"], times["torch_floor"]
+  )
+  out["torch_over_jax"] = median_ratio(
+    times["torch_profit"], times["jax_profit"]
   )
   return out
 
@@ -346,7 +382,7 @@ def to_markdown(res: dict, command: str) -> str:
     "## Time per PROFIT step, relative to the floor",
     "",
     "The floor is `n_ref + 1` steps of Adam alone on the same model and"
-    " batches (a jitted `lax.scan` loop). Ratios below 1.0 are timing noise.",
+    " batches (a jitted `lax.scan` loop). Each ratio is the median over interleaved rounds of the ratio within a round; ratios below 1.0 are timing noise.",
     "",
     "| model | params | n_ref | floor ms | per-call drive | whole-step drive"
     " | profit_step | naive blend | target | met |",
@@ -470,9 +506,14 @@ def to_markdown(res: dict, command: str) -> str:
       f"| PyTorch, Algorithm 1 | {1e3 * tp['torch_profit']['step_s']:.2f} |"
       f" {tp['torch_profit']['ratio']:.3f} |",
       "",
-      "profit_optax is"
-      f" {tp['torch_profit']['step_s'] / jax_mlp['per_call']['step_s']:.2f}×"
-      " faster per PROFIT step than the PyTorch implementation.",
+      "profit_optax (per-call drive, timed in the same rounds as PyTorch:"
+      f" {1e3 * tp['jax_profit']['step_s']:.2f} ms) is"
+      + (
+        f" {tp['torch_over_jax']:.2f}× faster"
+        if tp["torch_over_jax"] >= 1
+        else f" {1 / tp['torch_over_jax']:.2f}× slower"
+      )
+      + " per PROFIT step than the PyTorch implementation.",
     ]
   return "\n".join(lines) + "\n"
 
@@ -485,9 +526,9 @@ def main(argv=None):
   args = parser.parse_args(argv)
 
   quick = args.quick
-  # Calls per timed loop (divisible by 2, 3 and 4) and repeats, per model.
-  calls = {"mlp": 120, "cnn": 48, "transformer": 24}
-  repeats = 1 if quick else 5
+  # Calls per timed loop (divisible by 2, 3 and 4) and rounds, per model.
+  calls = {"mlp": 96, "cnn": 24, "transformer": 24}
+  repeats = 1 if quick else 9
   n_refs = (1,) if quick else (1, 2, 3)
   models = ["mlp"] if quick else args.models
   leaves, leaf = (10, 1000) if quick else (100, 100_000)
@@ -501,9 +542,7 @@ def main(argv=None):
         "description": model.description,
         "params": n_params(model.init(jax.random.PRNGKey(0))),
         "n_ref": n_ref,
-        "times": step_times(
-          model, n_ref, 6 if quick else calls[name], repeats
-        ),
+        "times": step_times(model, n_ref, 6 if quick else calls[name], repeats),
       }
     )
   res["optimizer_only"] = optimizer_only(leaves, leaf, max(repeats, 3))

@@ -605,13 +605,19 @@ def profit(
       n_ref=_Static(n_ref),
     )
 
-  def main_step(grads, delta, products, inner_state, anchor, extra_args):
+  def main_step(grads, displaced, products, inner_state, anchor, extra_args):
     """Projection and main optimizer step from the anchor.
 
-    ``products`` are ``(<Δ, g>, <Δ, Δ>, <g, g>)``. Returns the main optimizer's
-    update (relative to ``anchor``), its new state and the diagnostics.
+    ``displaced`` are the parameters where ``grads`` was taken and
+    ``products`` are ``(<Δ, g>, <Δ, Δ>, <g, g>)``. Returns the main
+    optimizer's update (relative to ``anchor``), its new state and the
+    diagnostics.
     """
     omega, dd, gg = products
+    # Δ is recomputed here rather than passed in: as an operand of the
+    # enclosing lax.cond it would be materialised, one more parameter-sized
+    # buffer; recomputed, XLA fuses it into the projection.
+    delta = _tree_displacement(displaced, anchor)
     projected = jnp.logical_and(omega < 0, dd > 0)
 
     # The projection is cheap elementwise work: a select (jnp.where, which
@@ -643,10 +649,12 @@ def profit(
     new_inner = _match_state_types(new_inner, inner_state)
     return _cast_like(updates, anchor), new_inner, diagnostics
 
-  def complete_step(grads, delta, products, state, anchor, params, extra_args):
+  def complete_step(
+    grads, displaced, products, state, anchor, params, extra_args
+  ):
     """The end of a PROFIT step whose gradients were all finite."""
     main_updates, inner_state, diagnostics = main_step(
-      grads, delta, products, state.inner_state, anchor, extra_args
+      grads, displaced, products, state.inner_state, anchor, extra_args
     )
     new_state = state._replace(
       count=jnp.zeros_like(state.count),
@@ -702,15 +710,14 @@ def profit(
 
     def main_call(_):
       anchor = from_anchor(state.anchor, params)
-      delta = _tree_displacement(params, anchor)
-      products = _inner_products(delta, grads)
+      products = _inner_products(_tree_displacement(params, anchor), grads)
       # n_ref >= 1, so the reference calls of this cycle set `finite`; a NaN
       # or inf anywhere in g makes <g, g> non-finite.
       ok = jnp.logical_and(state.finite, jnp.isfinite(products[2]))
 
       def main(_):
         return complete_step(
-          grads, delta, products, state, anchor, params, extra_args
+          grads, params, products, state, anchor, params, extra_args
         )
 
       def skip(_):
@@ -763,13 +770,12 @@ def profit(
     (theta, _, grads, finite), _ = jax.lax.scan(
       body, carry0, jnp.arange(n_ref, dtype=jnp.int32)
     )
-    delta = _tree_displacement(theta, params)
-    products = _inner_products(delta, grads)
+    products = _inner_products(_tree_displacement(theta, params), grads)
     ok = jnp.logical_and(finite, jnp.isfinite(products[2]))
 
     def main(_):
       return complete_step(
-        grads, delta, products, state, params, params, extra_args
+        grads, theta, products, state, params, params, extra_args
       )
 
     return jax.lax.cond(ok, main, lambda _: skip_step(state, params), None)
