@@ -77,6 +77,35 @@ class ProfitDiagnostics(NamedTuple):
     cos: cosine of the angle between ``g`` and ``Δ``; zero when either is zero.
     projected: whether ``ω < 0``, so that ``g`` lost its component along ``Δ``.
     delta_norm: ``‖Δ‖``, the Euclidean norm of the reference displacement.
+
+  Read them with :func:`get_diagnostics` from any state that contains PROFIT,
+  or from the ``metrics`` of :func:`profit_step`.
+
+  Examples:
+    A reference step that overshoots the minimum of ``p**2 / 2``: the gradient
+    at the displaced point points back along ``Δ`` (``ω > 0``), so nothing is
+    projected and the main optimizer steps from the anchor with it.
+
+    >>> import jax, jax.numpy as jnp, optax, profit_optax
+    >>> tx = profit_optax.profit(optax.sgd(0.1), ref_learning_rate=3.0)
+    >>> params = jnp.array([1.0])
+    >>> state = tx.init(params)
+    >>> d = profit_optax.get_diagnostics(state)
+    >>> print(float(d.omega), bool(d.projected))  # zero before the first step
+    0.0 False
+    >>> grad = jax.grad(lambda p: 0.5 * jnp.sum(p**2))
+    >>> for _ in range(2):  # the reference call moves 1 -> -2; the main call
+    ...   updates, state = tx.update(grad(params), state, params)
+    ...   params = optax.apply_updates(params, updates)
+    >>> d = profit_optax.get_diagnostics(state)
+    >>> print(float(d.omega), float(d.cos), bool(d.projected))
+    6.0 1.0 False
+    >>> print(float(d.delta_norm), params)  # 1.0 - 0.1 * g, g = -2.0
+    3.0 [1.2]
+
+  References:
+    Chakravarthy et al., `PROFIT: A Specialized Optimizer for Deep Fine
+    Tuning <https://arxiv.org/abs/2412.01930>`_, 2024
   """
 
   omega: jax.Array
@@ -106,6 +135,30 @@ class ProfitState(NamedTuple):
       gradient of their cycle was not finite (saturating).
     n_ref: the number of reference calls per cycle, kept as pytree metadata
       (it has no array leaf). Read it as ``int(state.n_ref.value)``.
+
+  Inside a chain or another wrapper, :func:`find_profit_state` finds it.
+
+  Examples:
+    With ``n_ref=2``, three calls make one PROFIT step: ``count`` runs through
+    the cycle and ``step`` counts completed steps.
+
+    >>> import jax.numpy as jnp, optax, profit_optax
+    >>> tx = profit_optax.profit(optax.sgd(0.1), 0.01, n_ref=2)
+    >>> params = {'w': jnp.ones(3)}
+    >>> state = tx.init(params)
+    >>> state.n_ref.value, state.anchor['w'].shape
+    (2, (3,))
+    >>> for _ in range(4):
+    ...   updates, state = tx.update({'w': jnp.ones(3)}, state, params)
+    ...   print(int(state.count), int(state.step), int(state.skipped))
+    1 0 0
+    2 0 0
+    0 1 0
+    1 1 0
+
+  References:
+    Chakravarthy et al., `PROFIT: A Specialized Optimizer for Deep Fine
+    Tuning <https://arxiv.org/abs/2412.01930>`_, 2024
   """
 
   count: jax.Array
@@ -149,6 +202,10 @@ def find_profit_state(state: base.OptState) -> ProfitState:
     >>> state = tx.init({'w': jnp.zeros(3)})
     >>> int(profit_optax.find_profit_state(state).n_ref.value)
     1
+
+  References:
+    Chakravarthy et al., `PROFIT: A Specialized Optimizer for Deep Fine
+    Tuning <https://arxiv.org/abs/2412.01930>`_, 2024
   """
   is_profit = lambda x: isinstance(x, ProfitState)
   found = [
@@ -193,6 +250,10 @@ def get_diagnostics(state: base.OptState) -> ProfitDiagnostics:
     >>> d = profit_optax.get_diagnostics(state)
     >>> print(f"{float(d.omega):.4f} {float(d.cos):.1f} {bool(d.projected)}")
     -1.2500 -1.0 True
+
+  References:
+    Chakravarthy et al., `PROFIT: A Specialized Optimizer for Deep Fine
+    Tuning <https://arxiv.org/abs/2412.01930>`_, 2024
   """
   return find_profit_state(state).diagnostics
 

@@ -32,6 +32,25 @@ class ProfitStepOutput(NamedTuple):
       ``model_state`` was given, else ``None``.
     aux: with ``has_aux=True``, the auxiliary output of every sub-step stacked
       on a leading axis of length ``n_ref + 1``; else ``None``.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax, profit_optax
+    >>> tx = profit_optax.profit(optax.sgd(0.1), ref_learning_rate=0.01)
+    >>> def loss_fn(params, batch):
+    ...   return jnp.mean((batch - params['w']) ** 2)
+    >>> params = {'w': jnp.zeros(2)}
+    >>> state = tx.init(params)
+    >>> batches = jnp.ones((2, 4, 2))  # n_ref + 1 = 2 batches, stacked
+    >>> out = profit_optax.profit_step(loss_fn, tx, params, state, batches)
+    >>> sorted(out.metrics)
+    ['cos', 'delta_norm', 'loss', 'omega', 'projected']
+    >>> out.metrics['loss'].shape, out.model_state, out.aux
+    ((2,), None, None)
+    >>> params, state = out.params, out.opt_state  # ready for the next step
+
+  References:
+    Chakravarthy et al., `PROFIT: A Specialized Optimizer for Deep Fine
+    Tuning <https://arxiv.org/abs/2412.01930>`_, 2024
   """
 
   params: base.Params
@@ -246,6 +265,10 @@ def profit_step(
     ...   params, state = out.params, out.opt_state
     >>> out.metrics['loss'].shape
     (2,)
+
+  References:
+    Chakravarthy et al., `PROFIT: A Specialized Optimizer for Deep Fine
+    Tuning <https://arxiv.org/abs/2412.01930>`_, 2024
   """
   if not callable(loss_fn):
     raise TypeError(f"`loss_fn` must be callable; got {loss_fn!r}.")
