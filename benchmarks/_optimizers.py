@@ -1,0 +1,85 @@
+"""The optimizers a user would pick instead of PROFIT, as optax transforms.
+
+Every one works on plain parameter pytrees, so the benchmarks drive them all
+with one training loop: ``optax.lookahead`` needs ``LookaheadParams`` (fast
+and slow weights side by side), so :func:`lookahead` keeps the slow weights in
+its state instead.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import optax
+
+# Lookahead's defaults from Zhang et al. (2019): k = 5 fast steps, alpha = 0.5.
+LOOKAHEAD_SYNC_PERIOD = 5
+LOOKAHEAD_SLOW_STEP = 0.5
+# SGD with the usual heavy-ball momentum.
+SGD_MOMENTUM = 0.9
+
+
+class _LookaheadState(NamedTuple):
+  inner: optax.OptState
+  slow: optax.Params
+
+
+def lookahead(
+  fast: optax.GradientTransformation,
+  sync_period: int = LOOKAHEAD_SYNC_PERIOD,
+  slow_step_size: float = LOOKAHEAD_SLOW_STEP,
+) -> optax.GradientTransformation:
+  """``optax.lookahead(fast, ...)`` on plain parameters.
+
+  The parameters the caller holds are the fast weights; the slow weights live
+  in the state. After every ``sync_period``-th call the two coincide, so a
+  run whose number of calls is a multiple of ``sync_period`` ends on the
+  slow weights, which Lookahead evaluates.
+  """
+  inner = optax.lookahead(fast, sync_period, slow_step_size)
+
+  def init(params):
+    return _LookaheadState(
+      inner.init(optax.LookaheadParams.init_synced(params)), params
+    )
+
+  def update(grads, state, params):
+    pair = optax.LookaheadParams(fast=params, slow=state.slow)
+    updates, inner_state = inner.update(grads, state.inner, pair)
+    slow = optax.apply_updates(state.slow, updates.slow)
+    return updates.fast, _LookaheadState(inner_state, slow)
+
+  return optax.GradientTransformation(init, update)
+
+
+def full_optimizers(
+  lr: float, sgd_lr: float | None = None
+) -> dict[str, optax.GradientTransformation]:
+  """name -> optimizer at learning rate ``lr``: the Table-2 baselines.
+
+  SGD uses momentum 0.9 (and ``sgd_lr`` if given), Lookahead wraps Adam
+  (k = 5, alpha = 0.5), AdamW and Adan use optax's default weight decay and
+  betas.
+  """
+  return {
+    "sgd": optax.sgd(lr if sgd_lr is None else sgd_lr, momentum=SGD_MOMENTUM),
+    "adam": optax.adam(lr),
+    "adamw": optax.adamw(lr),
+    "lookahead": lookahead(optax.adam(lr)),
+    "adan": optax.adan(lr),
+  }
+
+
+def describe() -> dict[str, str]:
+  """How each optimizer name is configured, for the reports."""
+  return {
+    "sgd": f"SGD, momentum {SGD_MOMENTUM}",
+    "adam": "Adam (optax defaults)",
+    "adamw": "AdamW (weight decay 1e-4, optax default)",
+    "lookahead": (
+      f"Lookahead(Adam), k = {LOOKAHEAD_SYNC_PERIOD},"
+      f" alpha = {LOOKAHEAD_SLOW_STEP}"
+    ),
+    "adan": "Adan (optax defaults)",
+    "rmsprop": "RMSProp (optax defaults)",
+  }
