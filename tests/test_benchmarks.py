@@ -131,3 +131,16 @@ def test_rounding_quick(tmp_path):
   for errs in errors.values():
     # The smaller the reference step, the larger its share of rounding.
     assert errs == sorted(errs) and errs[0] < 0.05
+
+
+def test_image_without_data_says_how_to_fetch(tmp_path, monkeypatch, capsys):
+  from benchmarks import _data, image
+
+  monkeypatch.setattr(_data, "DATA", tmp_path / "empty")
+  monkeypatch.setattr(_data, "SYSTEM_FASHION", tmp_path / "none")
+  with pytest.raises(SystemExit) as exit_info:
+    image.main(["--data", "mnist", "--no-progress", "--out", str(tmp_path)])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert "MNIST" in err and "scripts/fetch_data.sh" in err
+  assert not list(tmp_path.glob("*.json"))
