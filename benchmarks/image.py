@@ -925,6 +925,9 @@ def main(argv=None):
   name = "image_quick" if args.quick else "image"
   if args.ablations:
     name += "_ablations"
+  for chosen, every in ((args.shifts, SHIFTS), (args.archs, ARCHS)):
+    if list(chosen) != list(every):  # a subset: say which in the file name
+      name += "_" + "_".join(chosen)
   report = to_markdown(
     records,
     info,
