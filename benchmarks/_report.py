@@ -10,6 +10,7 @@ which setting it belongs to. Tables are computed from these records only.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -36,6 +37,31 @@ def machine() -> dict:
     "backend": jax.default_backend(),
     "device": str(jax.devices()[0].device_kind),
   }
+
+
+def add_arguments(parser: argparse.ArgumentParser, seeds: int) -> None:
+  """The options every evidence benchmark takes."""
+  parser.add_argument(
+    "--seeds", type=int, default=seeds, help="number of seeds"
+  )
+  parser.add_argument("--quick", action="store_true", help="a smoke run")
+  parser.add_argument(
+    "--out",
+    type=pathlib.Path,
+    default=None,
+    help="output directory (default: benchmarks/results, or benchmarks/out"
+    " with --quick)",
+  )
+  parser.add_argument("--no-cache", action="store_true")
+  parser.add_argument("--no-progress", action="store_true")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+  """Parses ``argv``, rejecting a non-positive ``--seeds``."""
+  args = parser.parse_args(argv)
+  if args.seeds < 1:
+    parser.error(f"--seeds must be at least 1; got {args.seeds}.")
+  return args
 
 
 def select(records: Iterable[dict], **where) -> list[dict]:

@@ -871,8 +871,7 @@ def main(argv=None):
     " sweeps of Tables 3-4, 2.5 times the work per setting (each CNN setting"
     " then takes about 5.5 minutes): restrict it with --shifts and --archs.",
   )
-  parser.add_argument("--seeds", type=int, default=3, help="number of seeds")
-  parser.add_argument("--quick", action="store_true", help="a smoke run")
+  _report.add_arguments(parser, seeds=3)
   parser.add_argument(
     "--data",
     choices=("mnist", "digits"),
@@ -889,18 +888,7 @@ def main(argv=None):
     action="store_true",
     help="add profit-nref{1,2,5} and profit-ratio{10,100,1000,10000}",
   )
-  parser.add_argument(
-    "--out",
-    type=pathlib.Path,
-    default=None,
-    help="output directory (default: benchmarks/results, or benchmarks/out"
-    " with --quick)",
-  )
-  parser.add_argument("--no-cache", action="store_true")
-  parser.add_argument("--no-progress", action="store_true")
-  args = parser.parse_args(argv)
-  if args.seeds < 1:
-    parser.error(f"--seeds must be at least 1; got {args.seeds}.")
+  args = _report.parse_args(parser, argv)
   cfg = ImageConfig().quick() if args.quick else ImageConfig()
   if args.data is not None:
     cfg = dataclasses.replace(cfg, data=args.data)

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import re
 import statistics
 import time
@@ -37,6 +36,7 @@ import optax
 from tqdm.auto import tqdm
 
 import profit_optax
+from benchmarks import _report
 from benchmarks._breakdown import main_call_breakdown
 from benchmarks._models import MODELS, Model, n_params
 from benchmarks._naive import naive_profit
@@ -378,16 +378,7 @@ TARGETS = {"mlp": 1.08, "cnn": 1.05, "transformer": 1.05}
 
 
 def machine() -> dict:
-  return {
-    "platform": platform.platform(),
-    "processor": platform.processor() or platform.machine(),
-    "cpu_count": os.cpu_count(),
-    "jax": jax.__version__,
-    "optax": optax.__version__,
-    "backend": jax.default_backend(),
-    "device": str(jax.devices()[0].device_kind),
-    "load_average_1m": os.getloadavg()[0],
-  }
+  return {**_report.machine(), "load_average_1m": os.getloadavg()[0]}
 
 
 def to_markdown(res: dict, command: str) -> str:

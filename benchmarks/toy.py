@@ -546,20 +546,8 @@ def main(argv=None):
     epilog="The default configuration (5 seeds) takes about 6 minutes on 2"
     " CPU cores, plus about 1 minute per seed to pretrain on the first run.",
   )
-  parser.add_argument("--seeds", type=int, default=5, help="number of seeds")
-  parser.add_argument("--quick", action="store_true", help="a smoke run")
-  parser.add_argument(
-    "--out",
-    type=pathlib.Path,
-    default=None,
-    help="output directory (default: benchmarks/results, or benchmarks/out"
-    " with --quick)",
-  )
-  parser.add_argument("--no-cache", action="store_true")
-  parser.add_argument("--no-progress", action="store_true")
-  args = parser.parse_args(argv)
-  if args.seeds < 1:
-    parser.error(f"--seeds must be at least 1; got {args.seeds}.")
+  _report.add_arguments(parser, seeds=5)
+  args = _report.parse_args(parser, argv)
   cfg = toy.ToyConfig()
   if args.quick:
     cfg = dataclasses.replace(
