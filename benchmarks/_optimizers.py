@@ -68,18 +68,3 @@ def full_optimizers(
     "lookahead": lookahead(optax.adam(lr)),
     "adan": optax.adan(lr),
   }
-
-
-def describe() -> dict[str, str]:
-  """How each optimizer name is configured, for the reports."""
-  return {
-    "sgd": f"SGD, momentum {SGD_MOMENTUM}",
-    "adam": "Adam (optax defaults)",
-    "adamw": "AdamW (weight decay 1e-4, optax default)",
-    "lookahead": (
-      f"Lookahead(Adam), k = {LOOKAHEAD_SYNC_PERIOD},"
-      f" alpha = {LOOKAHEAD_SLOW_STEP}"
-    ),
-    "adan": "Adan (optax defaults)",
-    "rmsprop": "RMSProp (optax defaults)",
-  }

@@ -83,18 +83,14 @@ class Program:
 def programs(cfg: toy.ToyConfig) -> list[Program]:
   """Every fine-tuning run of the benchmark."""
   lr, steps = cfg.finetune_lr, cfg.finetune_steps
-  full = {
-    "rmsprop": lambda: optax.rmsprop(lr),
-    "sgd": lambda: _optimizers.full_optimizers(lr)["sgd"],
-    "adam": lambda: _optimizers.full_optimizers(lr)["adam"],
-    "adamw": lambda: _optimizers.full_optimizers(lr)["adamw"],
-    "lookahead": lambda: _optimizers.full_optimizers(lr)["lookahead"],
-    "adan": lambda: _optimizers.full_optimizers(lr)["adan"],
-  }
   out = [
     Program(
       (Method(f"full-{o}", steps, steps, {"optimizer": o, "lr": lr}),),
-      lambda _, o=o: full[o](),
+      lambda _, o=o: (
+        optax.rmsprop(lr)
+        if o == "rmsprop"
+        else _optimizers.full_optimizers(lr)[o]
+      ),
       (0.0,),
     )
     for o in FULL_OPTIMIZERS
