@@ -5,7 +5,7 @@ import gzip
 import numpy as np
 import pytest
 
-from benchmarks import _data
+from benchmarks.image import data as _data
 
 
 def _write_idx(path, array, dtype_code=0x08):

@@ -50,21 +50,3 @@ def lookahead(
     return updates.fast, _LookaheadState(inner_state, slow)
 
   return optax.GradientTransformation(init, update)
-
-
-def full_optimizers(
-  lr: float, sgd_lr: float | None = None
-) -> dict[str, optax.GradientTransformation]:
-  """name -> optimizer at learning rate ``lr``: the Table-2 baselines.
-
-  SGD uses momentum 0.9 (and ``sgd_lr`` if given), Lookahead wraps Adam
-  (k = 5, alpha = 0.5), AdamW and Adan use optax's default weight decay and
-  betas.
-  """
-  return {
-    "sgd": optax.sgd(lr if sgd_lr is None else sgd_lr, momentum=SGD_MOMENTUM),
-    "adam": optax.adam(lr),
-    "adamw": optax.adamw(lr),
-    "lookahead": lookahead(optax.adam(lr)),
-    "adan": optax.adan(lr),
-  }

@@ -17,7 +17,7 @@ import pathlib
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 DATA = pathlib.Path(
   os.environ.get("PROFIT_OPTAX_DATA", ROOT / ".cache" / "data")
 )

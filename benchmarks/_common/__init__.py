@@ -1,0 +1,2 @@
+"""What every evidence benchmark shares: the training loop, the pretrained
+weights cache, timing, statistics and report writing."""

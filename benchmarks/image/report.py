@@ -1,0 +1,435 @@
+"""Reports of the image benchmark: tables and figures computed from records.
+
+Every number and verdict is computed from the records, so a re-rendered
+report (``--from-json``) says what the data say.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from benchmarks._common import plots, stats
+from benchmarks._common import report as rep
+from benchmarks.image import run
+
+TARGETS = {"cnn": 0.990, "vit": 0.975}  # pretraining test accuracy aimed at
+LABELS = {
+  "full-sgd": "full, SGD (momentum 0.9)",
+  "full-adamw": "full, AdamW",
+  "full-lookahead": "full, Lookahead(Adam)",
+  "full-adan": "full, Adan",
+  "head-adamw": "head only, AdamW",
+  "profit": "PROFIT (AdamW)",
+  "profit-warmup": "PROFIT (warmup)",
+  "wise-ft": "WiSE-FT (AdamW)",
+  "profit-ratio": "PROFIT by lr_main/lr_ref",
+  "profit-nref": "PROFIT by n_ref",
+}
+# The paper's Table 2 (CIFAR10 -> CIFAR100 accuracy, %), for scale.
+PAPER_TABLE2 = {
+  "ResNet-18": {
+    "SGD": (24.49, 74.59),
+    "Adam": (34.64, 73.11),
+    "Lookahead": (26.10, 73.82),
+    "Adan": (35.17, 72.70),
+    "PROFIT": (35.26, 74.70),
+  },
+}
+
+
+def _pct(x: float) -> str:
+  return "n/a" if not math.isfinite(x) else f"{100 * x:.2f}"
+
+
+def _ci(xs) -> str:
+  s = stats.summary(xs)
+  lo, hi = s["mean_ci"]
+  return f"{_pct(s['mean'])} [{_pct(lo)}, {_pct(hi)}]"
+
+
+def _settings(records):
+  return sorted(
+    {
+      (r["arch"], r["shift"])
+      for r in records
+      if "shift" in r and r["method"] != "pretrained"
+    }
+  )
+
+
+def chosen_runs(records, arch, shift) -> dict[str, dict]:
+  """``{method: {lr, ratio, n_ref}}`` of the chosen values."""
+  out = {}
+  for r in rep.select(
+    records,
+    arch=arch,
+    shift=shift,
+    stage="chosen",
+    seed=run.TUNE_SEED,
+    metric="acc_new",
+  ):
+    out[r["method"]] = {"lr": r["lr"], "ratio": r["ratio"], "n_ref": r["n_ref"]}
+  return out
+
+
+def main_report(records, meta, out, name) -> str:
+  lines = [
+    "# Image classification (Sec. 4.2 protocol): tuned rivals, seeds and fronts",
+    "",
+    *rep.header(meta),
+    "Accuracies in %. `old`: MNIST test accuracy through the old head (the",
+    "fine-tuned model itself for `rotated`); `new`: the new task's test",
+    "accuracy. Every hyperparameter was chosen on validation splits held out",
+    "of the training sets (score: mean of old and new validation accuracy),",
+    "on seed 0; the test sets are only reported. Intervals: 95% bootstrap",
+    "over seeds.",
+    "",
+  ]
+  lines += _pretraining(records, out, name)
+  lines += _horizon(records, out, name)
+  for arch, shift in _settings(records):
+    lines += _setting(records, arch, shift)
+  _fronts_figure(records, out / f"{name}_fronts.png")
+  lines += [f"![fronts]({name}_fronts.png)", ""]
+  return "\n".join(lines)
+
+
+def _pretraining(records, out, name) -> list[str]:
+  import matplotlib.pyplot as plt
+
+  lines = [
+    "## Pretraining on MNIST",
+    "",
+    "| arch | test accuracy | aimed at | reached | val accuracy at the last two curve points |",
+    "| --- | ---: | ---: | --- | --- |",
+  ]
+  fig, ax = plt.subplots(figsize=(6, 3.8))
+  for arch in sorted(
+    {r["arch"] for r in rep.select(records, method="pretrained")}
+  ):
+    (acc,) = [
+      r["value"]
+      for r in rep.select(
+        records, arch=arch, method="pretrained", metric="acc_old"
+      )
+      if "shift" not in r
+    ]
+    curve = sorted(
+      (r["step"], r["value"])
+      for r in rep.select(records, arch=arch, metric="pretrain_acc_val")
+    )
+    tail = (
+      ", ".join(f"{_pct(v)} (step {s})" for s, v in curve[-2:])
+      or "cached (no curve)"
+    )
+    lines.append(
+      f"| {arch} | {_pct(acc)} | {_pct(TARGETS[arch])} |"
+      f" {'yes' if acc >= TARGETS[arch] else 'no'} | {tail} |"
+    )
+    if curve:
+      ax.plot(*zip(*curve), "o-", ms=3, label=arch)
+  ax.set_xlabel("pretraining step")
+  ax.set_ylabel("MNIST validation accuracy")
+  ax.legend()
+  plots.save(fig, out / f"{name}_pretrain.png")
+  return lines + ["", f"![pretraining curves]({name}_pretrain.png)", ""]
+
+
+def _horizon(records, out, name) -> list[str]:
+  import matplotlib.pyplot as plt
+
+  settings = _settings(records)
+  lines = [
+    "## The fine-tuning horizon",
+    "",
+    "Full AdamW's validation accuracy on seed 0 over twice the horizon",
+    "(every grid rate). Gain: new-task validation accuracy at 2x the",
+    "horizon minus at the horizon, at the rate AdamW's tuning chose.",
+    "",
+    "| setting | horizon (steps) | chosen rate | new val at horizon/2 | at horizon | at 2x | gain horizon -> 2x |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+  ]
+  fig, axes = plt.subplots(
+    1,
+    max(1, len(settings)),
+    figsize=(4 * max(1, len(settings)), 3.5),
+    squeeze=False,
+  )
+  for ax, (arch, shift) in zip(axes[0], settings):
+    lr_star = chosen_runs(records, arch, shift).get("full-adamw", {}).get("lr")
+    horizon = max(
+      (
+        r["calls"]
+        for r in rep.select(
+          records, arch=arch, shift=shift, method="full-adamw", stage="chosen"
+        )
+      ),
+      default=None,
+    )
+    for lr in run.GRIDS["full-adamw"]:
+      curve = sorted(
+        (r["step"], r["value"])
+        for r in rep.select(
+          records, arch=arch, shift=shift, lr=lr, metric="curve_acc_new_val"
+        )
+      )
+      if not curve:
+        continue
+      ax.plot(
+        *zip(*curve), "-", lw=2 if lr == lr_star else 1, label=f"lr {lr:g}"
+      )
+      if lr == lr_star and horizon:
+        at = dict(curve)
+        h2, h, hh = at.get(horizon // 2), at.get(horizon), at.get(2 * horizon)
+        if None not in (h2, h, hh):
+          lines.append(
+            f"| {arch} {shift} | {horizon} | {lr:g} | {_pct(h2)} | {_pct(h)} |"
+            f" {_pct(hh)} | {100 * (hh - h):+.2f} |"
+          )
+    if horizon:
+      ax.axvline(horizon, color="k", lw=0.8, ls=":")
+    ax.set_title(f"{arch}, {shift}", fontsize=9)
+    ax.set_xlabel("fine-tuning step")
+    ax.set_ylabel("new-task validation accuracy")
+    ax.legend(fontsize=7)
+  plots.save(fig, out / f"{name}_curves.png")
+  return lines + ["", f"![AdamW validation curves]({name}_curves.png)", ""]
+
+
+def _setting(records, arch, shift) -> list[str]:
+  at = {"arch": arch, "shift": shift}
+  chosen = chosen_runs(records, arch, shift)
+  lines = [
+    f"## {arch}, {shift}",
+    "",
+    "### Validation-based choice (seed 0)",
+    "",
+    "| method | rate: old val / new val (score) ... | chosen |",
+    "| --- | --- | --- |",
+  ]
+  methods = [
+    m
+    for m in run.METHODS
+    if rep.select(records, **at, method=m, stage="chosen")
+  ]
+  for method in methods:
+    cells = []
+    for r in sorted(
+      rep.select(
+        records, **at, method=method, stage="tune", metric="acc_new_val"
+      ),
+      key=lambda r: r["lr"],
+    ):
+      (old,) = [
+        x["value"]
+        for x in rep.select(
+          records,
+          **at,
+          method=method,
+          stage="tune",
+          lr=r["lr"],
+          metric="acc_old_val",
+        )
+      ]
+      cells.append(
+        f"{r['lr']:g}: {_pct(old)} / {_pct(r['value'])} ({_pct((old + r['value']) / 2)})"
+      )
+    c = chosen.get(method, {})
+    edge = c.get("lr") in (min(run.GRIDS[method]), max(run.GRIDS[method]))
+    lines.append(
+      f"| {LABELS[method]} | {'; '.join(cells)} | {c.get('lr', float('nan')):g}"
+      f"{' (grid edge)' if edge else ''} |"
+    )
+  cells = []
+  for r in sorted(
+    rep.select(records, **at, stage="tune-ratio", metric="acc_new_val"),
+    key=lambda r: r["ratio"],
+  ):
+    (old,) = [
+      x["value"]
+      for x in rep.select(
+        records,
+        **at,
+        stage="tune-ratio",
+        ratio=r["ratio"],
+        metric="acc_old_val",
+      )
+    ]
+    cells.append(
+      f"{r['ratio']:g}: {_pct(old)} / {_pct(r['value'])} ({_pct((old + r['value']) / 2)})"
+    )
+  lines.append(
+    f"| PROFIT's lr_main/lr_ref at its rate | {'; '.join(cells)} |"
+    f" {chosen.get('profit', {}).get('ratio', float('nan')):g} |"
+  )
+  seeds = sorted({r["seed"] for r in rep.select(records, **at, stage="chosen")})
+  lines += [
+    "",
+    f"### Test accuracy at the chosen values ({len(seeds)} seeds)",
+    "",
+    "Paired against full AdamW (PROFIT's main optimizer) seed by seed:",
+    "difference of the means [95% CI], seeds better, verdict.",
+    "",
+    "| method | old, mean [CI] | new, mean [CI] | old vs AdamW | new vs AdamW |",
+    "| --- | ---: | ---: | --- | --- |",
+  ]
+  base = {
+    m: rep.by_seed(records, **at, method="full-adamw", stage="chosen", metric=m)
+    for m in ("acc_old", "acc_new")
+  }
+  pre = {
+    r["seed"]: r["value"]
+    for r in rep.select(
+      records, arch=arch, method="pretrained", metric="acc_old"
+    )
+    if "shift" not in r
+  }
+  if shift == "rotated":
+    pn = rep.select(records, **at, method="pretrained", metric="acc_new")
+    lines.append(
+      f"| pretrained | {_pct(next(iter(pre.values())))} | {_pct(pn[0]['value'])} | | |"
+    )
+  else:
+    lines.append(f"| pretrained | {_pct(next(iter(pre.values())))} | — | | |")
+  for method in methods:
+    cols = []
+    vals = {}
+    for m in ("acc_old", "acc_new"):
+      vals[m] = rep.by_seed(
+        records, **at, method=method, stage="chosen", metric=m
+      )
+    for m in ("acc_old", "acc_new"):
+      if method == "full-adamw":
+        cols.append("—")
+        continue
+      p = stats.paired(
+        list(vals[m].values()), [base[m][s] for s in vals[m]], True
+      )
+      cols.append(
+        f"{100 * p['diff']:+.2f} [{100 * p['ci'][0]:+.2f}, {100 * p['ci'][1]:+.2f}],"
+        f" {p['wins']}/{p['n']}, {p['verdict']}"
+      )
+    lines.append(
+      f"| {LABELS[method]} | {_ci(list(vals['acc_old'].values()))} |"
+      f" {_ci(list(vals['acc_new'].values()))} | {cols[0]} | {cols[1]} |"
+    )
+  lines += [
+    "",
+    "### Fronts: is PROFIT beyond its rivals?",
+    "",
+    "Rivals: full AdamW traced by its rate, and WiSE-FT between the",
+    "pretrained and the chosen AdamW weights. Points are means over seeds;",
+    "the gap is PROFIT's new-task accuracy minus the rivals'",
+    "piecewise-linear front at PROFIT's old-task accuracy (points, positive:",
+    "beyond); 95% CI by resampling seeds jointly.",
+    "",
+    "| PROFIT point | seeds | old | new | gap [CI] | where | verdict |",
+    "| --- | ---: | ---: | ---: | ---: | --- | --- |",
+  ]
+  for fam, knob_name in (("profit-ratio", "ratio"), ("profit-nref", "n_ref")):
+    for knob in sorted(
+      {r["knob"] for r in rep.select(records, **at, front=fam)}
+    ):
+      o = rep.by_seed(records, **at, front=fam, knob=knob, metric="acc_old")
+      n = rep.by_seed(records, **at, front=fam, knob=knob, metric="acc_new")
+      rivals = _rivals(records, at, list(o))
+      v = stats.front_verdict(
+        (np.array(list(o.values())), np.array(list(n.values()))), rivals, True
+      )
+      lines.append(
+        f"| {knob_name} {knob:g} | {len(o)} | {_pct(np.mean(list(o.values())))} |"
+        f" {_pct(np.mean(list(n.values())))} | {100 * v['gap']:+.2f}"
+        f" [{100 * v['ci'][0]:+.2f}, {100 * v['ci'][1]:+.2f}] | {v['where']} | {v['verdict']} |"
+      )
+  lines.append("")
+  return lines
+
+
+def _rivals(records, at, seeds):
+  out = []
+  for fam in ("full-adamw", "wise-ft"):
+    for knob in sorted(
+      {r["knob"] for r in rep.select(records, **at, front=fam)}
+    ):
+      o = rep.by_seed(records, **at, front=fam, knob=knob, metric="acc_old")
+      n = rep.by_seed(records, **at, front=fam, knob=knob, metric="acc_new")
+      if all(s in o for s in seeds):
+        out.append(
+          (np.array([o[s] for s in seeds]), np.array([n[s] for s in seeds]))
+        )
+  return out
+
+
+def _fronts_figure(records, path):
+  import matplotlib.pyplot as plt
+
+  settings = _settings(records)
+  cols = max(1, len(settings))
+  fig, axes = plt.subplots(1, cols, figsize=(5 * cols, 4.3), squeeze=False)
+  for ax, (arch, shift) in zip(axes[0], settings):
+    at = {"arch": arch, "shift": shift}
+    fronts = {}
+    for fam in ("full-adamw", "wise-ft", "profit-ratio", "profit-nref"):
+      by_knob = {}
+      for knob in {r["knob"] for r in rep.select(records, **at, front=fam)}:
+        o = list(
+          rep.by_seed(
+            records, **at, front=fam, knob=knob, metric="acc_old"
+          ).values()
+        )
+        n = list(
+          rep.by_seed(
+            records, **at, front=fam, knob=knob, metric="acc_new"
+          ).values()
+        )
+        by_knob[knob] = (np.array(o) * 100, np.array(n) * 100)
+      fronts[fam] = plots.front_points(by_knob)
+    points = {}
+    for method in (
+      "full-sgd",
+      "full-lookahead",
+      "full-adan",
+      "head-adamw",
+      "profit-warmup",
+    ):
+      o = (
+        np.array(
+          list(
+            rep.by_seed(
+              records, **at, method=method, stage="chosen", metric="acc_old"
+            ).values()
+          )
+        )
+        * 100
+      )
+      n = (
+        np.array(
+          list(
+            rep.by_seed(
+              records, **at, method=method, stage="chosen", metric="acc_new"
+            ).values()
+          )
+        )
+        * 100
+      )
+      if len(o):
+        points[method] = (
+          float(o.mean()),
+          stats.bootstrap(o),
+          float(n.mean()),
+          stats.bootstrap(n),
+        )
+    fmt = lambda fam, k: {
+      "full-adamw": f"{k:g}",
+      "wise-ft": f"α{k:g}",
+      "profit-ratio": f"/{k:g}",
+      "profit-nref": f"n{k:g}",
+    }[fam]
+    plots.draw_fronts(ax, fronts, points, LABELS, fmt)
+    ax.set_title(f"{arch}, {shift}: upper-right is better", fontsize=9)
+    ax.set_xlabel("old task (MNIST) test accuracy, % (mean, 95% CI)")
+    ax.set_ylabel("new task test accuracy, %")
+    ax.legend(fontsize=6)
+  plots.save(fig, path)

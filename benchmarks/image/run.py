@@ -1,0 +1,510 @@
+"""Runs of the image benchmark: pretraining, the validation-based choice of
+every method's hyperparameters, the seeds at the chosen values, and the
+fronts. Returns records only."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from tqdm.auto import tqdm
+
+import profit_optax
+from benchmarks._common import cache, loop
+from benchmarks._common.optimizers import SGD_MOMENTUM, lookahead
+from benchmarks.image import task as T
+
+ADAM_LRS = (3e-5, 1e-4, 3e-4, 1e-3)
+GRIDS = {
+  "full-sgd": (1e-3, 3e-3, 1e-2, 3e-2),
+  "full-adamw": ADAM_LRS,
+  "full-lookahead": ADAM_LRS,
+  "full-adan": ADAM_LRS,
+  "head-adamw": (3e-4, 1e-3, 3e-3, 1e-2),
+  "profit": ADAM_LRS,
+  "profit-warmup": ADAM_LRS,
+}
+METHODS = tuple(GRIDS)
+RATIOS = (10.0, 100.0, 1000.0, 10000.0)  # the paper's range of lr_main / lr_ref
+N_REFS = (1, 2, 3, 4)
+WISE_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+TUNE_SEED = 0
+DEFAULT_RATIO = 10.0  # PROFIT's rate is chosen at the paper's default ratio
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Settings of one run of the benchmark."""
+
+  source: str = "mnist"  # or "digits" (scikit-learn, for smoke runs)
+  archs: tuple[str, ...] = T.ARCHS
+  shifts: tuple[str, ...] = T.SHIFTS
+  val: int = 5000  # held out of every training set
+  pretrain_steps: tuple[tuple[str, int], ...] = (("cnn", 8000), ("vit", 10000))
+  pretrain_lr: float = 1e-3
+  pretrain_batch: int = 128
+  pretrain_every: int = 500  # steps between pretraining curve points
+  pretrain_shift: int = 2  # random translations (pixels) while pretraining
+  steps: int = 1000  # fine-tuning steps of every method
+  curve_factor: int = 2  # AdamW's curves run curve_factor * steps
+  curve_every: int = 100
+  batch: int = 32
+  warmup_fraction: float = 0.1
+  chunk: int = 20  # update calls per compiled chunk
+  eval_batch: int = 1000
+  seeds: int = 5
+  nref_seeds: int = 3  # seeds of the n_ref front (each run costs n_ref + 1)
+  methods: tuple[str, ...] = METHODS
+  n_refs: tuple[int, ...] = N_REFS
+
+  def __post_init__(self):
+    missing = {"full-adamw", "profit"} - set(self.methods)
+    if missing:
+      raise ValueError(
+        f"methods must include {sorted(missing)} (the fronts need them)."
+      )
+    unknown = set(self.methods) - set(METHODS)
+    if unknown:
+      raise ValueError(
+        f"unknown methods {sorted(unknown)}; choose from {METHODS}."
+      )
+
+  def quick(self) -> Config:
+    return dataclasses.replace(
+      self,
+      source="digits",
+      val=100,
+      pretrain_steps=(("cnn", 100), ("vit", 100)),
+      pretrain_batch=32,
+      pretrain_every=50,
+      steps=20,
+      curve_every=10,
+      chunk=2,
+      eval_batch=113,
+      seeds=2,
+      nref_seeds=2,
+      archs=("cnn",),
+      methods=("full-adamw", "head-adamw", "profit", "profit-warmup"),
+      n_refs=(1, 2),
+    )
+
+  @property
+  def warmup_steps(self) -> int:
+    return max(self.chunk, round(self.warmup_fraction * self.steps))
+
+
+# -- optimizers --------------------------------------------------------------
+
+
+def head_only(tx):
+  def labels(params):
+    return {
+      "trunk": jax.tree.map(lambda _: "frozen", params["trunk"]),
+      "head": jax.tree.map(lambda _: "train", params["head"]),
+    }
+
+  return optax.multi_transform(
+    {"train": tx, "frozen": optax.set_to_zero()}, labels
+  )
+
+
+def make_tx(kind: str, n_ref: int = 1) -> Callable:
+  """``hyper -> transformation``; ``hyper = {"lr", "ratio"}`` is traced."""
+  if kind == "full-sgd":
+    return lambda h: optax.sgd(h["lr"], momentum=SGD_MOMENTUM)
+  if kind == "full-adamw":
+    return lambda h: optax.adamw(h["lr"])
+  if kind == "full-lookahead":
+    return lambda h: lookahead(optax.adam(h["lr"]))
+  if kind == "full-adan":
+    return lambda h: optax.adan(h["lr"])
+  if kind == "head-adamw":
+    return lambda h: head_only(optax.adamw(h["lr"]))
+  if kind == "profit":
+    return lambda h: profit_optax.profit(
+      optax.adamw(h["lr"]), h["lr"] / h["ratio"], n_ref=n_ref
+    )
+  raise ValueError(f"unknown optimizer kind {kind!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One fine-tuning run; equal runs are computed once."""
+
+  method: str
+  lr: float
+  seed: int
+  ratio: float | None = None
+  n_ref: int | None = None
+
+  def phases(self, cfg: Config) -> list[tuple[str, int, int]]:
+    """``[(kind, n_ref, calls)]``: PROFIT (warmup) is AdamW, then PROFIT."""
+    s = cfg.steps
+    if self.method == "profit":
+      return [("profit", self.n_ref, s * (self.n_ref + 1))]
+    if self.method == "profit-warmup":
+      w = cfg.warmup_steps
+      return [
+        ("full-adamw", 1, w),
+        ("profit", self.n_ref, (s - w) * (self.n_ref + 1)),
+      ]
+    return [(self.method, 1, s)]
+
+  def calls(self, cfg: Config) -> int:
+    return sum(c for _, _, c in self.phases(cfg))
+
+
+class Setting:
+  """One (arch, shift): data on the device, runners, and the runs' memo."""
+
+  def __init__(self, arch, shift, old, new, pretrained, cfg, runners):
+    self.arch, self.shift, self.cfg = arch, shift, cfg
+    self.old, self.new, self.pretrained = old, new, pretrained
+    self.runners = runners
+    self.data = (jnp.asarray(new.train.images), jnp.asarray(new.train.labels))
+    self.accuracy = T.accuracy_fn(arch)
+    b = cfg.eval_batch
+    self.evals = {
+      "acc_old_val": (True, T.batched(old.val, b)),
+      "acc_new_val": (False, T.batched(new.val, b)),
+      "acc_old": (True, T.batched(old.test, b)),
+      "acc_new": (False, T.batched(new.test, b)),
+    }
+    self.memo: dict[Run, dict[str, float]] = {}
+    self.tuned: dict[Run, dict] = {}  # weights kept for WiSE-FT
+
+  def start(self, seed):
+    """The pretrained trunk; for a new label set, a new head per seed."""
+    if self.shift == "rotated":
+      return self.pretrained
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+    return {**self.pretrained, "head": T.init_head(self.new.num_classes, key)}
+
+  def evaluate(self, params, metrics=None) -> dict[str, float]:
+    """Accuracies (all four splits, or the ``metrics`` named)."""
+    old_model = (
+      params
+      if self.shift == "rotated"
+      else {**params, "head": self.pretrained["head"]}
+    )
+    return {
+      m: float(self.accuracy(old_model if is_old else params, *split))
+      for m, (is_old, split) in self.evals.items()
+      if metrics is None or m in metrics
+    }
+
+  def finetune(self, run: Run, on_chunk=None, calls_override=None):
+    cfg, params = self.cfg, self.start(run.seed)
+    key = jax.random.fold_in(jax.random.PRNGKey(run.seed), 2000)
+    hyper = {
+      "lr": jnp.float32(run.lr),
+      "ratio": jnp.float32(run.ratio or DEFAULT_RATIO),
+    }
+    done = 0
+    for kind, n_ref, calls in run.phases(cfg):
+      calls = calls if calls_override is None else calls_override
+      if calls % cfg.chunk:
+        raise ValueError(
+          f"{run}: {calls} calls is not a multiple of chunk {cfg.chunk}."
+        )
+      runner, tx = self.runners(self.arch, kind, n_ref)
+      state = loop.init_state(tx, params, hyper)
+      params, _ = loop.train(
+        runner,
+        params,
+        state,
+        jax.random.fold_in(key, done),
+        hyper,
+        self.data,
+        calls // cfg.chunk,
+        on_chunk,
+      )
+      done += 1
+    return params
+
+  def result(self, run: Run, keep=False) -> dict[str, float]:
+    if run not in self.memo:
+      params = self.finetune(run)
+      self.memo[run] = self.evaluate(params)
+      if keep:
+        self.tuned[run] = params
+    return self.memo[run]
+
+
+class Runners:
+  """Compiled runners, one per (arch, optimizer kind, n_ref)."""
+
+  def __init__(self, cfg: Config):
+    self.cfg, self._cache = cfg, {}
+
+  def __call__(self, arch, kind, n_ref=1):
+    key = (arch, kind, n_ref)
+    if key not in self._cache:
+      tx = make_tx(kind, n_ref)
+      self._cache[key] = (
+        loop.make_runner(
+          T.make_loss(arch), tx, T.sampler(self.cfg.batch), self.cfg.chunk
+        ),
+        tx,
+      )
+    return self._cache[key]
+
+
+def pretrain(arch, old: T.Task, cfg: Config, use_cache=True, curve=None):
+  """The converged old-task model (cached): AdamW with cosine decay.
+
+  ``curve`` receives ``(step, val accuracy)`` every ``cfg.pretrain_every``
+  steps when the weights are computed.
+  """
+  steps = dict(cfg.pretrain_steps)[arch]
+  fields = {
+    "arch": arch,
+    "source": cfg.source,
+    "val": cfg.val,
+    "steps": steps,
+    "lr": cfg.pretrain_lr,
+    "batch": cfg.pretrain_batch,
+    "seed": 0,
+    "shift": cfg.pretrain_shift,
+  }
+  template = T.init_params(arch, old.num_classes, jax.random.PRNGKey(0))
+  tx = lambda _: optax.adamw(
+    optax.cosine_decay_schedule(cfg.pretrain_lr, steps)
+  )
+
+  def build():
+    chunk = cfg.pretrain_every
+    run = loop.make_runner(
+      T.make_loss(arch),
+      tx,
+      T.sampler(cfg.pretrain_batch, cfg.pretrain_shift),
+      chunk,
+    )
+    acc, val = T.accuracy_fn(arch), T.batched(old.val, cfg.eval_batch)
+    data = (jnp.asarray(old.train.images), jnp.asarray(old.train.labels))
+
+    def on_chunk(k, params):
+      if curve is not None:
+        curve.append(((k + 1) * chunk, float(acc(params, *val))))
+
+    params, _ = loop.train(
+      run,
+      template,
+      tx(0).init(template),
+      jax.random.PRNGKey(1),
+      0.0,
+      data,
+      steps // chunk,
+      on_chunk,
+    )
+    return params
+
+  return cache.cached(f"image-{arch}", fields, template, build, use_cache)
+
+
+def _choose(
+  results: dict, key=lambda m: (m["acc_old_val"] + m["acc_new_val"]) / 2
+):
+  """The knob with the best validation score (mean of old and new task)."""
+  return max(results, key=lambda k: key(results[k]))
+
+
+def run_setting(s: Setting, cfg: Config, bar=None) -> list[dict]:
+  """Tune on the validation split (seed 0), then seeds and fronts."""
+  records = []
+  base = {"arch": s.arch, "shift": s.shift}
+
+  def emit(run: Run, metrics, **tags):
+    info = {
+      "method": run.method,
+      "seed": run.seed,
+      "lr": run.lr,
+      "ratio": run.ratio,
+      "n_ref": run.n_ref,
+      "calls": run.calls(cfg),
+    }
+    for metric, value in metrics.items():
+      records.append({**base, **info, **tags, "metric": metric, "value": value})
+
+  def result(run, keep=False):
+    out = s.result(run, keep)
+    if bar is not None:
+      bar.update(1)
+    return out
+
+  # 1. AdamW's validation curves over curve_factor x the horizon (seed 0);
+  #    they are also AdamW's tuning runs (the rate is constant).
+  for lr in GRIDS["full-adamw"]:
+    run, curve = Run("full-adamw", lr, TUNE_SEED), []
+    every = cfg.curve_every // cfg.chunk
+
+    def on_chunk(k, params, curve=curve, run=run, every=every):
+      step = (k + 1) * cfg.chunk
+      if step == cfg.steps:  # the horizon: this is AdamW's tuning run
+        s.memo[run], s.tuned[run] = s.evaluate(params), params
+      if (k + 1) % every == 0:
+        m = s.evaluate(params, ("acc_new_val", "acc_old_val"))
+        curve.append((step, m["acc_new_val"], m["acc_old_val"]))
+
+    s.finetune(run, on_chunk, calls_override=cfg.steps * cfg.curve_factor)
+    for step, new, old in curve:
+      for metric, value in (
+        ("curve_acc_new_val", new),
+        ("curve_acc_old_val", old),
+      ):
+        records.append(
+          {
+            **base,
+            "method": "full-adamw",
+            "seed": TUNE_SEED,
+            "lr": lr,
+            "step": step,
+            "metric": metric,
+            "value": value,
+          }
+        )
+
+  # 2. Every method's rate on the validation split, one seed.
+  chosen = {}
+  for method in cfg.methods:
+    if method == "profit-warmup":
+      continue  # after PROFIT's ratio
+    ratio = DEFAULT_RATIO if method == "profit" else None
+    n_ref = 1 if method == "profit" else None
+    grid = {
+      lr: result(
+        Run(method, lr, TUNE_SEED, ratio, n_ref), keep=method == "full-adamw"
+      )
+      for lr in GRIDS[method]
+    }
+    chosen[method] = Run(method, _choose(grid), TUNE_SEED, ratio, n_ref)
+    for lr, m in grid.items():
+      emit(Run(method, lr, TUNE_SEED, ratio, n_ref), m, stage="tune")
+  p = chosen["profit"]
+  ratios = {r: result(dataclasses.replace(p, ratio=r)) for r in RATIOS}
+  best_ratio = _choose(ratios)
+  chosen["profit"] = dataclasses.replace(p, ratio=best_ratio)
+  for r, m in ratios.items():
+    emit(dataclasses.replace(p, ratio=r), m, stage="tune-ratio")
+  if "profit-warmup" in cfg.methods:
+    warm = {
+      lr: result(Run("profit-warmup", lr, TUNE_SEED, best_ratio, 1))
+      for lr in GRIDS["profit-warmup"]
+    }
+    chosen["profit-warmup"] = Run(
+      "profit-warmup", _choose(warm), TUNE_SEED, best_ratio, 1
+    )
+    for lr, m in warm.items():
+      emit(Run("profit-warmup", lr, TUNE_SEED, best_ratio, 1), m, stage="tune")
+
+  # 3. Every method at its chosen values on every seed (test accuracy).
+  seeds = range(cfg.seeds)
+  for method, c in chosen.items():
+    for seed in seeds:
+      run = dataclasses.replace(c, seed=seed)
+      emit(run, result(run, keep=method == "full-adamw"), stage="chosen")
+
+  # 4. Fronts, each point one knob value on every seed.
+  def front(name, knob_name, knob, run):
+    emit(
+      run,
+      result(run, keep=name == "full-adamw"),
+      front=name,
+      knob_name=knob_name,
+      knob=knob,
+    )
+
+  for seed in seeds:
+    for lr in GRIDS["full-adamw"]:
+      front("full-adamw", "lr", lr, Run("full-adamw", lr, seed))
+    for r in RATIOS:
+      front(
+        "profit-ratio",
+        "ratio",
+        r,
+        dataclasses.replace(chosen["profit"], seed=seed, ratio=r),
+      )
+  for seed in range(cfg.nref_seeds):
+    for k in cfg.n_refs:
+      front(
+        "profit-nref",
+        "n_ref",
+        k,
+        dataclasses.replace(chosen["profit"], seed=seed, n_ref=k),
+      )
+  # WiSE-FT between the pretrained and the chosen full AdamW weights.
+  for seed in seeds:
+    run = dataclasses.replace(chosen["full-adamw"], seed=seed)
+    tuned, start = s.tuned[run], s.start(seed)
+    for alpha in WISE_ALPHAS:
+      mix = {
+        "trunk": jax.tree.map(
+          lambda a, b, t=alpha: (1 - t) * a + t * b,
+          start["trunk"],
+          tuned["trunk"],
+        ),
+        "head": jax.tree.map(
+          lambda a, b, t=alpha: (1 - t) * a + t * b,
+          start["head"],
+          tuned["head"],
+        )
+        if s.shift == "rotated"
+        else tuned["head"],
+      }
+      emit(
+        Run("wise-ft", run.lr, seed),
+        s.evaluate(mix),
+        front="wise-ft",
+        knob_name="alpha",
+        knob=alpha,
+      )
+  return records
+
+
+def count_runs(cfg: Config) -> int:
+  """Upper bound of the fine-tuning runs of one setting (progress bars)."""
+  tune = sum(len(GRIDS[m]) for m in cfg.methods) + len(RATIOS)
+  chosen = len(cfg.methods) * (cfg.seeds - 1)
+  fronts = cfg.seeds * (len(ADAM_LRS) + len(RATIOS)) + cfg.nref_seeds * len(
+    cfg.n_refs
+  )
+  return tune + chosen + fronts
+
+
+def run(cfg: Config, use_cache=True, progress=True) -> list[dict]:
+  """Every setting: records of pretraining, tuning, seeds and fronts."""
+  old, new_tasks = T.load_tasks(cfg.source, cfg.val)
+  runners, records = Runners(cfg), []
+  for arch in cfg.archs:
+    curve = []
+    pretrained = pretrain(arch, old, cfg, use_cache, curve)
+    acc = T.accuracy_fn(arch)
+    info = {"arch": arch, "method": "pretrained", "seed": 0}
+    for metric, split in (("acc_old", old.test), ("acc_old_val", old.val)):
+      records.append(
+        {
+          **info,
+          "metric": metric,
+          "value": float(acc(pretrained, *T.batched(split, cfg.eval_batch))),
+        }
+      )
+    for step, value in curve:
+      records.append(
+        {**info, "metric": "pretrain_acc_val", "step": step, "value": value}
+      )
+    for shift in cfg.shifts:
+      s = Setting(arch, shift, old, new_tasks[shift], pretrained, cfg, runners)
+      if shift == "rotated":
+        for metric, value in s.evaluate(pretrained).items():
+          records.append(
+            {**info, "shift": shift, "metric": metric, "value": value}
+          )
+      bar = tqdm(
+        total=count_runs(cfg), desc=f"{arch} {shift}", disable=not progress
+      )
+      records += run_setting(s, cfg, bar)
+      bar.close()
+  return records

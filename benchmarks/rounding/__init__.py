@@ -1,0 +1,1 @@
+"""Float32 rounding of PROFIT's displacement: ``python -m benchmarks.rounding``."""

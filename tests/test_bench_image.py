@@ -1,0 +1,151 @@
+"""The image and rounding benchmarks run end to end in their quick modes."""
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+from benchmarks.image import __main__ as image_cli
+from benchmarks.image import run, task
+
+
+@pytest.fixture(scope="module")
+def image_quick(tmp_path_factory):
+  out = tmp_path_factory.mktemp("image")
+  records = image_cli.main(
+    ["--quick", "--no-cache", "--no-progress", "--out", str(out)]
+  )
+  return out, records
+
+
+def test_every_stage_is_recorded(image_quick):
+  _, records = image_quick
+  assert {r["shift"] for r in records if "shift" in r} == {
+    "new-labels",
+    "rotated",
+  }
+  cfg = run.Config().quick()
+  for shift in ("new-labels", "rotated"):
+    at = [r for r in records if r.get("shift") == shift]
+    chosen = {r["method"] for r in at if r.get("stage") == "chosen"}
+    assert chosen == set(cfg.methods)
+    # One chosen configuration per method, on every seed.
+    for m in chosen:
+      confs = {
+        (r["lr"], r["ratio"], r["n_ref"])
+        for r in at
+        if r.get("stage") == "chosen" and r["method"] == m
+      }
+      seeds = {
+        r["seed"] for r in at if r.get("stage") == "chosen" and r["method"] == m
+      }
+      assert len(confs) == 1 and seeds == {0, 1}
+    fronts = {}
+    for r in at:
+      if r.get("front"):
+        fronts.setdefault(r["front"], set()).add(r["knob"])
+        assert r["knob_name"]
+    assert len(fronts["full-adamw"]) == 4 and len(fronts["profit-ratio"]) == 4
+    assert len(fronts["wise-ft"]) == 5 and fronts["profit-nref"] == {1, 2}
+    assert any(r["metric"] == "curve_acc_new_val" for r in at)
+  assert all(0.0 <= r["value"] <= 1.0 for r in records)
+
+
+def test_tuning_uses_validation_only(image_quick):
+  _, records = image_quick
+  # The chosen rate of each method is the best validation score of its grid.
+  for shift in ("new-labels", "rotated"):
+    tune = [
+      r for r in records if r.get("shift") == shift and r.get("stage") == "tune"
+    ]
+    for method in {r["method"] for r in tune}:
+      score = {}
+      for r in tune:
+        if r["method"] == method and r["metric"] in (
+          "acc_old_val",
+          "acc_new_val",
+        ):
+          score[r["lr"]] = score.get(r["lr"], 0.0) + r["value"] / 2
+      (lr,) = {
+        r["lr"]
+        for r in records
+        if r.get("shift") == shift
+        and r.get("stage") == "chosen"
+        and r["method"] == method
+      }
+      assert score[lr] == max(score.values())
+
+
+def test_report_and_figures(image_quick):
+  out, _ = image_quick
+  md = (out / "image_quick.md").read_text()
+  for section in (
+    "Pretraining on MNIST",
+    "horizon",
+    "Validation-based choice",
+    "beyond its rivals",
+  ):
+    assert section in md
+  for png in ("pretrain", "curves", "fronts"):
+    assert (out / f"image_quick_{png}.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("kind", run.METHODS[:5])
+def test_every_rival_optimizer_steps(kind):
+  params = task.init_params("cnn", 10, jax.random.PRNGKey(0))
+  tx = run.make_tx(kind)({"lr": jnp.float32(1e-3), "ratio": jnp.float32(10.0)})
+  batch = (jnp.zeros((4, 28, 28)), jnp.zeros(4, jnp.int32))
+  grads = jax.grad(task.make_loss("cnn"))(params, batch)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  moved = optax.tree.norm(updates["trunk"]) > 0
+  assert bool(moved) == (kind != "head-adamw")
+
+
+def test_vit_forward_and_accuracy():
+  params = task.init_params("vit", 10, jax.random.PRNGKey(0))
+  images, labels = jnp.zeros((2, 3, 28, 28)), -jnp.ones((2, 3), jnp.int32)
+  labels = labels.at[0].set(jnp.array([0, 1, 2]))
+  acc = task.accuracy_fn("vit")(params, images, labels)
+  assert 0.0 <= float(acc) <= 1.0
+
+
+def test_config_rejects_missing_methods():
+  with pytest.raises(ValueError, match="full-adamw"):
+    run.Config(methods=("profit",))
+
+
+def test_pretraining_shift_augmentation_moves_images():
+  images = jnp.zeros((1, 28, 28)).at[0, 14, 14].set(1.0)
+  x, _ = task.sampler(64, shift=2)(
+    jax.random.PRNGKey(0), (images, jnp.zeros(1, jnp.int32))
+  )
+  assert x.shape == (64, 28, 28)
+  assert len({tuple(map(int, jnp.argwhere(im)[0])) for im in x}) > 1
+  assert float(x.sum()) == 64.0
+
+
+def test_image_without_data_says_how_to_fetch(tmp_path, monkeypatch, capsys):
+  from benchmarks.image import data
+
+  monkeypatch.setattr(data, "DATA", tmp_path / "empty")
+  monkeypatch.setattr(data, "SYSTEM_FASHION", tmp_path / "none")
+  with pytest.raises(SystemExit) as exit_info:
+    image_cli.main(["--data", "mnist", "--no-progress", "--out", str(tmp_path)])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert "MNIST" in err and "scripts/fetch_data.sh" in err
+  assert not list(tmp_path.glob("*.json"))
+
+
+def test_rounding_quick(tmp_path):
+  from benchmarks.rounding import __main__ as rounding_cli
+
+  records = rounding_cli.main(["--quick", "--no-cache", "--out", str(tmp_path)])
+  errors = {}
+  for r in records:
+    if r["metric"] == "delta_rel_error":
+      errors.setdefault((r["arch"], r["shift"]), []).append(r["value"])
+  assert len(errors) == 4
+  for errs in errors.values():
+    # The smaller the reference step, the larger its share of rounding.
+    assert errs == sorted(errs) and errs[0] < 0.05
