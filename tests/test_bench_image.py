@@ -94,7 +94,8 @@ def test_report_and_figures(image_quick):
 def test_every_rival_optimizer_steps(kind):
   params = task.init_params("cnn", 10, jax.random.PRNGKey(0))
   tx = run.make_tx(kind)({"lr": jnp.float32(1e-3), "ratio": jnp.float32(10.0)})
-  batch = (jnp.zeros((4, 28, 28)), jnp.zeros(4, jnp.int32))
+  images = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28))
+  batch = (images, jnp.arange(4, dtype=jnp.int32))
   grads = jax.grad(task.make_loss("cnn"))(params, batch)
   updates, _ = tx.update(grads, tx.init(params), params)
   moved = optax.tree.norm(updates["trunk"]) > 0

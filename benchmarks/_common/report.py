@@ -19,7 +19,6 @@ import os
 import pathlib
 import platform
 import shlex
-import sys
 import time
 from collections.abc import Iterable
 
@@ -124,12 +123,16 @@ def rerender(path: pathlib.Path, out: pathlib.Path, render) -> list[dict]:
   return payload["records"]
 
 
-def command(argv) -> str:
-  """The command that reproduces a run."""
-  module = sys.modules["__main__"].__spec__
-  name = module.name if module is not None else "benchmarks"
-  name = name.removesuffix(".__main__")
-  return shlex.join(["python", "-m", name, *argv])
+def command(module: str, argv) -> str:
+  """The command that reproduces a run of ``python -m module``."""
+  return shlex.join(["python", "-m", module, *argv])
+
+
+def finish_meta(meta: dict) -> dict:
+  """``meta`` with the machine and the load at the end of the run (a wall
+  time measured while other work shared the cores is an upper bound)."""
+  load = dict(zip(("1m", "5m", "15m"), os.getloadavg()))
+  return {**meta, "machine": machine(), "load_average": load}
 
 
 def select(records: Iterable[dict], **where) -> list[dict]:
@@ -154,10 +157,11 @@ def write(
   markdown: str,
   meta: dict,
 ) -> tuple[pathlib.Path, pathlib.Path]:
-  """Writes ``name.json`` ({"meta", "records"}) and ``name.md``."""
+  """Writes ``name.json`` ({"meta", "records"}) and ``name.md``; ``meta``
+  comes from :func:`finish_meta`."""
   out.mkdir(parents=True, exist_ok=True)
   json_path, md_path = out / f"{name}.json", out / f"{name}.md"
-  payload = {"meta": {**meta, "machine": machine()}, "records": records}
+  payload = {"meta": meta, "records": records}
   json_path.write_text(json.dumps(payload, indent=1) + "\n")
   md_path.write_text(markdown)
   return json_path, md_path
@@ -188,6 +192,11 @@ def header(meta: dict) -> list[str]:
     "",
     f"Wall time {meta['seconds'] / 60:.1f} min on {m['cpu_count']} CPU cores"
     f" ({m['backend']}); jax {m['jax']}, optax {m['optax']}, flax {m['flax']},"
-    f" numpy {m['numpy']}, Python {m['python']}.",
+    f" numpy {m['numpy']}, Python {m['python']}."
+    + (
+      f" Load average at the end: {meta['load_average']['15m']:.1f} (15 min)."
+      if "load_average" in meta
+      else ""
+    ),
     "",
   ]

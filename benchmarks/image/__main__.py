@@ -60,6 +60,9 @@ def main(argv=None):
   parser.add_argument(
     "--archs", nargs="+", choices=("cnn", "vit"), default=None
   )
+  parser.add_argument(
+    "--shifts", nargs="+", choices=("new-labels", "rotated"), default=None
+  )
   args = rep.parse_args(parser, argv, SEEDS)
   if args.from_json:
     return rep.rerender(args.from_json, args.out, report.main_report)
@@ -71,6 +74,8 @@ def main(argv=None):
     seeds=args.seeds,
     nref_seeds=min(cfg.nref_seeds, args.seeds),
   )
+  if args.shifts:
+    cfg = dataclasses.replace(cfg, shifts=tuple(args.shifts))
   if args.data:
     cfg = dataclasses.replace(cfg, source=args.data)
   try:
@@ -78,13 +83,17 @@ def main(argv=None):
       records = run.run(cfg, not args.no_cache, not args.no_progress)
   except _data.DataMissingError as err:
     parser.exit(2, f"{err}\n")
-  meta = {
-    "command": rep.command(argv),
-    "seconds": t.seconds,
-    "config": repr(cfg),
-  }
+  meta = rep.finish_meta(
+    {
+      "command": rep.command("benchmarks.image", argv),
+      "seconds": t.seconds,
+      "config": repr(cfg),
+    }
+  )
   default = ("cnn", "vit") if args.full else ("cnn",)
   tag = "" if tuple(archs) == default else "_" + "_".join(archs)
+  if args.shifts:
+    tag += "_" + "_".join(args.shifts)
   name = (
     "image"
     + ("_full" if args.full else "")

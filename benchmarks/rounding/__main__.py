@@ -34,7 +34,9 @@ def main(argv=None):
   cfg = image_run.Config().quick() if args.quick else image_run.Config()
   with rep.Timer() as t:
     records = run.run(cfg, T.ARCHS, use_cache=not args.no_cache)
-  meta = {"command": rep.command(argv), "seconds": t.seconds}
+  meta = rep.finish_meta(
+    {"command": rep.command("benchmarks.rounding", argv), "seconds": t.seconds}
+  )
   name = "rounding_quick" if args.quick else "rounding"
   md = report.to_markdown(records, meta, cfg.batch)
   rep.write(args.out, name, records, md, meta)

@@ -66,13 +66,15 @@ def main(argv=None):
         progress,
         keep={"pretrained", "full", "head", "profit"},
       )
-  meta = {
-    "command": rep.command(argv),
-    "seconds": t.seconds,
-    "seeds": seeds,
-    "config": repr(cfg),
-    "protocols": {k: repr(v) for k, v in task.PROTOCOLS.items()},
-  }
+  meta = rep.finish_meta(
+    {
+      "command": rep.command("benchmarks.toy", argv),
+      "seconds": t.seconds,
+      "seeds": seeds,
+      "config": repr(cfg),
+      "protocols": {k: repr(v) for k, v in task.PROTOCOLS.items()},
+    }
+  )
   name = ("toy_calibration" if args.calibrate else "toy") + suffix
   if args.calibrate:
     md = report.calibration(records, meta, args.out, name)
