@@ -30,6 +30,22 @@ def path_for(name: str, fields: dict) -> pathlib.Path:
   return CACHE / f"{name}-{digest}.npz"
 
 
+def load(name: str, fields: dict, template: Any) -> Any | None:
+  """The stored pytree of ``(name, fields)``, or None if there is none (or
+  its leaves' shapes differ from ``template``'s)."""
+  path = path_for(name, fields)
+  leaves, treedef = jax.tree.flatten(template)
+  if not path.exists():
+    return None
+  with np.load(path) as f:
+    if len(f.files) != len(leaves):
+      return None
+    stored = [jnp.asarray(f[f"leaf{i}"]) for i in range(len(leaves))]
+  if [x.shape for x in stored] != [jnp.shape(x) for x in leaves]:
+    return None
+  return jax.tree.unflatten(treedef, stored)
+
+
 def cached(
   name: str,
   fields: dict,
@@ -42,15 +58,11 @@ def cached(
   ``template`` is any pytree of the same structure (e.g. freshly initialised
   weights); loading checks every leaf's shape against it.
   """
-  path = path_for(name, fields)
-  leaves, treedef = jax.tree.flatten(template)
-  if use_cache and path.exists():
-    with np.load(path) as f:
-      stored = [jnp.asarray(f[f"leaf{i}"]) for i in range(len(leaves))]
-    if [x.shape for x in stored] == [jnp.shape(x) for x in leaves]:
-      return jax.tree.unflatten(treedef, stored)
+  if use_cache and (tree := load(name, fields, template)) is not None:
+    return tree
   tree = build()
   if use_cache:
+    path = path_for(name, fields)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(

@@ -31,12 +31,18 @@ def front_points(records_by_knob, stat=np.mean):
   return out
 
 
-def draw_fronts(ax, fronts: dict, points: dict, labels: dict, knob_fmt=None):
+def draw_fronts(
+  ax, fronts: dict, points: dict, labels: dict, knob_fmt=None, log=False
+):
   """Each front as a line with CI bars, each single method as a marker.
 
   ``fronts``: ``{family: front_points(...)}``; ``points``: ``{method:
   (old, old_ci, new, new_ci)}``. The x axis is the old task, y the new.
+  The frame spans the point estimates: a bar that reaches past it (a
+  seed that blew up) is cut at the frame rather than squashing the rest.
   """
+  centers = [(p[1], p[3]) for pts in fronts.values() for p in pts]
+  centers += [(x, y) for x, _, y, _ in points.values()]
   for fam, pts in fronts.items():
     color, style = STYLES.get(fam, ("tab:gray", "o-"))
     pts = [p for p in pts if np.isfinite([p[1], p[3]]).all()]
@@ -82,6 +88,26 @@ def draw_fronts(ax, fronts: dict, points: dict, labels: dict, knob_fmt=None):
       capsize=2,
       label=labels.get(name, name),
     )
+  _frame(ax, np.array(centers, float).reshape(-1, 2), log)
+
+
+def _frame(ax, centers, log):
+  centers = centers[np.isfinite(centers).all(axis=1)]
+  if log:
+    centers = centers[(centers > 0).all(axis=1)]
+  if not len(centers):
+    return
+  if log:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+  for axis, set_lim in ((0, ax.set_xlim), (1, ax.set_ylim)):
+    lo, hi = centers[:, axis].min(), centers[:, axis].max()
+    if log:
+      pad = (hi / lo) ** 0.15 if hi > lo else 2.0
+      set_lim(lo / pad, hi * pad)
+    else:
+      pad = 0.15 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.05
+      set_lim(lo - pad, hi + pad)
 
 
 def save(fig, path):

@@ -66,7 +66,8 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_out(parser: argparse.ArgumentParser, args) -> None:
-  """Fills ``args.out``; a quick run may not write into the results."""
+  """Fills ``args.out`` and creates it; a quick run may not write into the
+  results."""
   if args.out is None:
     args.out = OUT if args.quick else RESULTS
   if args.quick and args.out.resolve().is_relative_to(RESULTS.resolve()):
@@ -74,6 +75,7 @@ def resolve_out(parser: argparse.ArgumentParser, args) -> None:
       "--quick results are smoke runs and never go into benchmarks/results;"
       " pass another --out."
     )
+  args.out.mkdir(parents=True, exist_ok=True)
 
 
 def add_arguments(

@@ -63,10 +63,20 @@ def main(argv=None):
   parser.add_argument(
     "--shifts", nargs="+", choices=("new-labels", "rotated"), default=None
   )
+  parser.add_argument(
+    "--pretraining",
+    action="store_true",
+    help="only redo the pretraining from scratch (both architectures unless"
+    " --archs), with its validation curve, and compare the weights with the"
+    " cached ones (about 15 minutes on 2 CPU cores)",
+  )
   args = rep.parse_args(parser, argv, SEEDS)
+  render = report.pretraining_report if args.pretraining else report.main_report
   if args.from_json:
-    return rep.rerender(args.from_json, args.out, report.main_report)
+    return rep.rerender(args.from_json, args.out, render)
   cfg = run.Config().quick() if args.quick else run.Config()
+  if args.pretraining:
+    return _pretraining(parser, args, argv, cfg)
   archs = args.archs or (("cnn", "vit") if args.full else ("cnn",))
   cfg = dataclasses.replace(
     cfg,
@@ -101,6 +111,30 @@ def main(argv=None):
     + ("_quick" if args.quick else "")
   )
   md = report.main_report(records, meta, args.out, name)
+  rep.write(args.out, name, records, md, meta)
+  print(md)
+  return records
+
+
+def _pretraining(parser, args, argv, cfg):
+  archs = tuple(args.archs or ("cnn", "vit"))
+  cfg = dataclasses.replace(cfg, archs=archs)
+  if args.data:
+    cfg = dataclasses.replace(cfg, source=args.data)
+  try:
+    with rep.Timer() as t:
+      records = run.pretraining(cfg)
+  except _data.DataMissingError as err:
+    parser.exit(2, f"{err}\n")
+  meta = rep.finish_meta(
+    {
+      "command": rep.command("benchmarks.image", argv),
+      "seconds": t.seconds,
+      "config": repr(cfg),
+    }
+  )
+  name = "image_pretraining" + ("_quick" if args.quick else "")
+  md = report.pretraining_report(records, meta, args.out, name)
   rep.write(args.out, name, records, md, meta)
   print(md)
   return records

@@ -253,6 +253,72 @@ class Runners:
     return self._cache[key]
 
 
+def _pretrain_fields(arch, cfg: Config) -> dict:
+  """Every setting that changes the pretrained weights (the cache key)."""
+  return {
+    "arch": arch,
+    "source": cfg.source,
+    "val": cfg.val,
+    "steps": dict(cfg.pretrain_steps)[arch],
+    "lr": cfg.pretrain_lr,
+    "batch": cfg.pretrain_batch,
+    "seed": 0,
+    "shift": cfg.pretrain_shift,
+  }
+
+
+def pretraining(cfg: Config) -> list[dict]:
+  """Pretraining redone from scratch, with its validation curve.
+
+  The fine-tuning runs load the pretrained weights from the cache, which
+  keeps no curve; this run recomputes them and records how far they are
+  from the cached weights (``max_abs_diff_cached``; NaN without a cache).
+  """
+  old, _ = T.load_tasks(cfg.source, cfg.val)
+  records = []
+  for arch in cfg.archs:
+    curve = []
+    fresh = pretrain(arch, old, cfg, use_cache=False, curve=curve)
+    stored = cache.load(f"image-{arch}", _pretrain_fields(arch, cfg), fresh)
+    diff = (
+      float("nan")
+      if stored is None
+      else max(
+        float(jnp.max(jnp.abs(a - b)))
+        for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(stored))
+      )
+    )
+    records += _pretrained_records(arch, fresh, old, cfg, curve)
+    records.append(
+      {
+        "arch": arch,
+        "method": "pretrained",
+        "seed": 0,
+        "metric": "max_abs_diff_cached",
+        "value": diff,
+      }
+    )
+  return records
+
+
+def _pretrained_records(arch, params, old: T.Task, cfg: Config, curve):
+  acc = T.accuracy_fn(arch)
+  info = {"arch": arch, "method": "pretrained", "seed": 0}
+  records = [
+    {
+      **info,
+      "metric": metric,
+      "value": float(acc(params, *T.batched(split, cfg.eval_batch))),
+    }
+    for metric, split in (("acc_old", old.test), ("acc_old_val", old.val))
+  ]
+  records += [
+    {**info, "metric": "pretrain_acc_val", "step": step, "value": value}
+    for step, value in curve
+  ]
+  return records
+
+
 def pretrain(arch, old: T.Task, cfg: Config, use_cache=True, curve=None):
   """The converged old-task model (cached): AdamW with cosine decay.
 
@@ -260,16 +326,7 @@ def pretrain(arch, old: T.Task, cfg: Config, use_cache=True, curve=None):
   steps when the weights are computed.
   """
   steps = dict(cfg.pretrain_steps)[arch]
-  fields = {
-    "arch": arch,
-    "source": cfg.source,
-    "val": cfg.val,
-    "steps": steps,
-    "lr": cfg.pretrain_lr,
-    "batch": cfg.pretrain_batch,
-    "seed": 0,
-    "shift": cfg.pretrain_shift,
-  }
+  fields = _pretrain_fields(arch, cfg)
   template = T.init_params(arch, old.num_classes, jax.random.PRNGKey(0))
   tx = lambda _: optax.adamw(
     optax.cosine_decay_schedule(cfg.pretrain_lr, steps)
@@ -481,20 +538,8 @@ def run(cfg: Config, use_cache=True, progress=True) -> list[dict]:
   for arch in cfg.archs:
     curve = []
     pretrained = pretrain(arch, old, cfg, use_cache, curve)
-    acc = T.accuracy_fn(arch)
+    records += _pretrained_records(arch, pretrained, old, cfg, curve)
     info = {"arch": arch, "method": "pretrained", "seed": 0}
-    for metric, split in (("acc_old", old.test), ("acc_old_val", old.val)):
-      records.append(
-        {
-          **info,
-          "metric": metric,
-          "value": float(acc(pretrained, *T.batched(split, cfg.eval_batch))),
-        }
-      )
-    for step, value in curve:
-      records.append(
-        {**info, "metric": "pretrain_acc_val", "step": step, "value": value}
-      )
     for shift in cfg.shifts:
       s = Setting(arch, shift, old, new_tasks[shift], pretrained, cfg, runners)
       if shift == "rotated":

@@ -323,11 +323,12 @@ def _protocol_section(records, proto) -> list[str]:
       )
   lines += [
     "",
-    "### Why PROFIT fails where it does: curvature at the pretrained weights",
+    "### Where PROFIT fails: distance and curvature at the pretrained weights",
     "",
     "λ_max: the largest Hessian eigenvalue of the new-domain loss at the",
     "pretrained weights. The SGD reference step is stable only if",
-    "lr_ref < 2/λ_max (lr_ref = 5e-5 at ratio 10).",
+    "lr_ref < 2/λ_max (lr_ref = 5e-5 at ratio 10). A large pretrained",
+    "new-domain MSE means the new domain is not *nearby* for that seed.",
     "",
     "| seed | pretrained new MSE | λ_max | 2/λ_max | PROFIT ratio 10 | ratio 100 | ratio 1000 | ratio 10000 |",
     "| ---: | ---: | ---: | ---: | --- | --- | --- | --- |",
@@ -349,19 +350,40 @@ def _protocol_section(records, proto) -> list[str]:
     lines.append(
       f"| {s} | {_f(base[s])} | {lam[s]:.4g} | {2 / lam[s]:.3g} | {cells} |"
     )
+  lines.append("")
   for knob in run.RATIOS:
-    unstable = {
-      s for s in lam if not (run.Config().finetune.lr / knob < 2 / lam[s])
-    }
-    f = {s for s, v in outcome[knob].items() if v}
-    lines.append("")
-    lines.append(
-      f"Ratio {knob:g}: failed on {len(f)}/{len(lam)} seeds; reference step"
-      f" beyond 2/λ_max on {len(unstable)}; of the failed seeds, {len(f & unstable)}"
-      f" had an unstable reference step."
-    )
+    lines.append(f"- {_failure_summary(knob, outcome[knob], lam, base)}")
   lines.append("")
   return lines
+
+
+def _failure_summary(knob, outcome, lam, base) -> str:
+  """One measured sentence: how many seeds failed at this ratio, whether the
+  reference step was unstable there, and whether the failed seeds are the
+  ones farthest from the new domain."""
+  unstable = {
+    s for s in lam if not (run.Config().finetune.lr / knob < 2 / lam[s])
+  }
+  f = {s for s, v in outcome.items() if v}
+  head = (
+    f"Ratio {knob:g}: failed on {len(f)}/{len(lam)} seeds; the reference"
+    f" step was beyond 2/λ_max on {len(unstable)} seeds, {len(f & unstable)}"
+    " of them failed"
+  )
+  if not f:
+    return head + "."
+  steepest = set(sorted(lam, key=lam.get)[-len(f) :])
+  ok = [base[s] for s in lam if s not in f]
+  where = (
+    f"the failed seeds are the {len(f)} with the largest λ_max"
+    if f == steepest
+    else "the failed seeds are not simply those with the largest λ_max"
+  )
+  return (
+    f"{head}; {where}; their pretrained new-domain MSE is"
+    f" {_f(min(base[s] for s in f))}–{_f(max(base[s] for s in f))}, against"
+    f" at most {_f(max(ok))} on the seeds that did not fail."
+  )
 
 
 def _fr(method):
@@ -414,9 +436,7 @@ def _fronts_figure(records, protocols, path):
       "profit-ratio": f"/{k:g}",
       "profit-nref": f"n{k:g}",
     }[fam]
-    plots.draw_fronts(ax, fronts, points, LABELS, fmt)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    plots.draw_fronts(ax, fronts, points, LABELS, fmt, log=True)
     ax.set_xlabel("old-domain MSE (median, 95% CI)")
     ax.set_ylabel("new-domain MSE (median, 95% CI)")
     ax.set_title(f"{proto}: lower-left is better")
