@@ -150,3 +150,27 @@ def test_rounding_quick(tmp_path):
   for errs in errors.values():
     # The smaller the reference step, the larger its share of rounding.
     assert errs == sorted(errs) and errs[0] < 0.05
+
+
+def test_pretraining_is_redone_with_its_curve_and_checked_against_the_cache(
+  tmp_path, monkeypatch
+):
+  from benchmarks._common import cache
+
+  monkeypatch.setattr(cache, "CACHE", tmp_path / "cache")
+  cfg = run.Config().quick()
+  old, _ = task.load_tasks(cfg.source, cfg.val)
+  run.pretrain("cnn", old, cfg, use_cache=True)  # what the runs start from
+  out = tmp_path / "out"
+  records = image_cli.main(
+    ["--pretraining", "--quick", "--archs", "cnn", "--out", str(out)]
+  )
+  curve = [r for r in records if r["metric"] == "pretrain_acc_val"]
+  assert [r["step"] for r in curve] == [50, 100]
+  (diff,) = [
+    r["value"] for r in records if r["metric"] == "max_abs_diff_cached"
+  ]
+  assert diff == 0.0
+  md = (out / "image_pretraining_quick.md").read_text()
+  assert "max abs diff to the cached weights" in md and "| cnn |" in md
+  assert (out / "image_pretraining_quick_pretrain.png").exists()
