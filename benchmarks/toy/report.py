@@ -379,10 +379,14 @@ def _failure_summary(knob, outcome, lam, base) -> str:
     if f == steepest
     else "the failed seeds are not simply those with the largest λ_max"
   )
-  return (
+  spread = (
     f"{head}; {where}; their pretrained new-domain MSE is"
-    f" {_f(min(base[s] for s in f))}–{_f(max(base[s] for s in f))}, against"
-    f" at most {_f(max(ok))} on the seeds that did not fail."
+    f" {_f(min(base[s] for s in f))}–{_f(max(base[s] for s in f))}"
+  )
+  if not ok:
+    return spread + " (every seed failed)."
+  return (
+    f"{spread}, against at most {_f(max(ok))} on the seeds that did not fail."
   )
 
 
