@@ -75,6 +75,8 @@ def main(argv=None):
   if args.from_json:
     return rep.rerender(args.from_json, args.out, render)
   cfg = run.Config().quick() if args.quick else run.Config()
+  if args.data:
+    cfg = dataclasses.replace(cfg, source=args.data)
   if args.pretraining:
     return _pretraining(parser, args, argv, cfg)
   archs = args.archs or (("cnn", "vit") if args.full else ("cnn",))
@@ -86,19 +88,11 @@ def main(argv=None):
   )
   if args.shifts:
     cfg = dataclasses.replace(cfg, shifts=tuple(args.shifts))
-  if args.data:
-    cfg = dataclasses.replace(cfg, source=args.data)
-  try:
-    with rep.Timer() as t:
-      records = run.run(cfg, not args.no_cache, not args.no_progress)
-  except _data.DataMissingError as err:
-    parser.exit(2, f"{err}\n")
-  meta = rep.finish_meta(
-    {
-      "command": rep.command("benchmarks.image", argv),
-      "seconds": t.seconds,
-      "config": repr(cfg),
-    }
+  records, meta = _timed(
+    parser,
+    argv,
+    cfg,
+    lambda: run.run(cfg, not args.no_cache, not args.no_progress),
   )
   default = ("cnn", "vit") if args.full else ("cnn",)
   tag = "" if tuple(archs) == default else "_" + "_".join(archs)
@@ -116,14 +110,11 @@ def main(argv=None):
   return records
 
 
-def _pretraining(parser, args, argv, cfg):
-  archs = tuple(args.archs or ("cnn", "vit"))
-  cfg = dataclasses.replace(cfg, archs=archs)
-  if args.data:
-    cfg = dataclasses.replace(cfg, source=args.data)
+def _timed(parser, argv, cfg, job):
+  """``job()``'s records and the run's meta; missing data exits 2."""
   try:
     with rep.Timer() as t:
-      records = run.pretraining(cfg)
+      records = job()
   except _data.DataMissingError as err:
     parser.exit(2, f"{err}\n")
   meta = rep.finish_meta(
@@ -133,6 +124,12 @@ def _pretraining(parser, args, argv, cfg):
       "config": repr(cfg),
     }
   )
+  return records, meta
+
+
+def _pretraining(parser, args, argv, cfg):
+  cfg = dataclasses.replace(cfg, archs=tuple(args.archs or ("cnn", "vit")))
+  records, meta = _timed(parser, argv, cfg, lambda: run.pretraining(cfg))
   name = "image_pretraining" + ("_quick" if args.quick else "")
   md = report.pretraining_report(records, meta, args.out, name)
   rep.write(args.out, name, records, md, meta)
