@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from optax._src import base
 
 __all__ = [
   "ProfitDiagnostics",
@@ -163,9 +162,9 @@ class ProfitState(NamedTuple):
 
   count: jax.Array
   step: jax.Array
-  anchor: base.Params
-  ref_state: base.OptState
-  inner_state: base.OptState
+  anchor: optax.Params
+  ref_state: optax.OptState
+  inner_state: optax.OptState
   diagnostics: ProfitDiagnostics
   finite: jax.Array
   skipped: jax.Array
@@ -179,7 +178,7 @@ def _zero_diagnostics(dtype: Any) -> ProfitDiagnostics:
   )
 
 
-def find_profit_state(state: base.OptState) -> ProfitState:
+def find_profit_state(state: optax.OptState) -> ProfitState:
   """Returns the :class:`ProfitState` inside an optimizer state.
 
   The state may be the PROFIT state itself or any state that contains it: an
@@ -227,7 +226,7 @@ def find_profit_state(state: base.OptState) -> ProfitState:
   return found[0]
 
 
-def get_diagnostics(state: base.OptState) -> ProfitDiagnostics:
+def get_diagnostics(state: optax.OptState) -> ProfitDiagnostics:
   """Returns the diagnostics of the last completed PROFIT step.
 
   Args:
@@ -341,8 +340,9 @@ def _check_transformation(name: str, tx: Any) -> None:
 def _check_params(params: Any) -> None:
   if params is None:
     raise ValueError(
-      base.NO_PARAMS_MSG
-      + " PROFIT needs them: call `update(grads, state, params)`."
+      "You are not passing `params`: PROFIT needs the current parameters"
+      " (it stores the anchor and steps from it); call `init(params)` and"
+      " `update(grads, state, params)`."
     )
 
 
@@ -454,17 +454,17 @@ def _cast_like(tree: Any, like: Any) -> Any:
 # The transformation
 # --------------------------------------------------------------------------
 
-_GradFn = Callable[[base.Params, jax.Array], base.Updates]
+_GradFn = Callable[[optax.Params, jax.Array], optax.Updates]
 
 
 def profit(
-  optimizer: base.GradientTransformation,
-  ref_learning_rate: base.ScalarOrSchedule | None,
+  optimizer: optax.GradientTransformation,
+  ref_learning_rate: optax.ScalarOrSchedule | None,
   n_ref: int = 1,
   *,
-  ref_optimizer: base.GradientTransformation | None = None,
+  ref_optimizer: optax.GradientTransformation | None = None,
   anchor_dtype: Any | None = None,
-) -> base.GradientTransformationExtraArgs:
+) -> optax.GradientTransformationExtraArgs:
   r"""PROFIT: proximal fine-tuning around a main optimizer.
 
   Each PROFIT step anchors the parameters :math:`\theta_a`, takes ``n_ref``
@@ -577,7 +577,7 @@ def profit(
     Tuning <https://arxiv.org/abs/2412.01930>`_, 2024
   """
   _check_transformation("optimizer", optimizer)
-  optimizer = base.with_extra_args_support(optimizer)
+  optimizer = optax.with_extra_args_support(optimizer)
   n_ref = _check_n_ref(n_ref)
   if anchor_dtype is not None:
     try:
@@ -603,7 +603,7 @@ def profit(
     use_default_ref = True
   else:
     _check_transformation("ref_optimizer", ref_optimizer)
-    ref_optimizer = base.with_extra_args_support(ref_optimizer)
+    ref_optimizer = optax.with_extra_args_support(ref_optimizer)
     if ref_learning_rate is not None:
       raise ValueError(
         "Pass either `ref_learning_rate` (for the default SGD reference"
@@ -615,7 +615,7 @@ def profit(
 
   def ref_init(params):
     if use_default_ref:
-      return base.EmptyState()
+      return optax.EmptyState()
     return ref_optimizer.init(params)
 
   def ref_update(grads, ref_state, params, step, extra_args):
@@ -842,13 +842,13 @@ def profit(
     return jax.lax.cond(ok, main, lambda _: skip_step(state, params), None)
 
   def update_fn(
-    updates: base.Updates,
+    updates: optax.Updates,
     state: ProfitState,
-    params: base.Params | None = None,
+    params: optax.Params | None = None,
     *,
     grad_fn: _GradFn | None = None,
     **extra_args: Any,
-  ) -> tuple[base.Updates, ProfitState]:
+  ) -> tuple[optax.Updates, ProfitState]:
     _check_params(params)
     if not isinstance(state, ProfitState):
       raise TypeError(
@@ -865,7 +865,7 @@ def profit(
       )
     return whole_step_update(updates, state, params, grad_fn, extra_args)
 
-  return base.GradientTransformationExtraArgs(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _match_state_types(new: Any, old: Any) -> Any:

@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from optax._src import base
 
 from profit_optax._src.profit import find_profit_state
 
@@ -53,8 +52,8 @@ class ProfitStepOutput(NamedTuple):
     Tuning <https://arxiv.org/abs/2412.01930>`_, 2024
   """
 
-  params: base.Params
-  opt_state: base.OptState
+  params: optax.Params
+  opt_state: optax.OptState
   metrics: dict[str, jax.Array]
   model_state: Any
   aux: Any
@@ -100,7 +99,7 @@ def _split_loss_output(out: Any, has_aux: bool, with_model_state: bool):
 @functools.lru_cache(maxsize=128)
 def _build_core(
   loss_fn: Callable[..., Any],
-  optimizer: base.GradientTransformation,
+  optimizer: optax.GradientTransformation,
   has_aux: bool,
   with_model_state: bool,
   donate: bool,
@@ -191,9 +190,9 @@ def _stack_batches(batches: Any, n: int) -> Any:
 
 def profit_step(
   loss_fn: Callable[..., Any],
-  optimizer: base.GradientTransformation,
-  params: base.Params,
-  opt_state: base.OptState,
+  optimizer: optax.GradientTransformation,
+  params: optax.Params,
+  opt_state: optax.OptState,
   batches: Any,
   *,
   has_aux: bool = False,
