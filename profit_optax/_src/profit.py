@@ -515,8 +515,12 @@ def profit(
   Numerics: the inner products are accumulated in at least float32, a zero
   displacement never produces NaN (the projection needs ``ω < 0``, which a
   zero ``Δ`` cannot give), and updates keep each parameter leaf's dtype. The
-  two branches of every decision are separate ``lax.cond`` branches, never
-  blended arithmetically, so an inf in one cannot leak into the other as NaN.
+  phase (reference or main call) and the non-finite skip are ``lax.cond``
+  branches, so the unchosen side does no work; the projection and the
+  anchor store are element-wise selects (``jnp.where``), cheap work that XLA
+  fuses. No decision blends its branches arithmetically, so an inf in one
+  cannot leak into the other as NaN. Under ``jax.vmap`` with a batched
+  state, JAX turns every ``lax.cond`` into a select, so both sides run.
 
   PROFIT is meant for fine-tuning a converged model on a nearby distribution
   with stochastic mini-batches. Where the new gradient is exactly parallel to
