@@ -194,11 +194,22 @@ def profit_reference(
   for _ in range(steps):
     losses = []
     anchor = {k: v.copy() for k, v in theta.items()}  # line 2
+    delta = {k: np.zeros_like(v) for k, v in theta.items()}
     for _ in range(n_ref):  # lines 3-6: reference steps, plain SGD
       loss, g = mlp_loss_and_grad(theta, *next(batches))
       losses.append(loss)
-      theta = _tree(lambda p, gi: p - lr_ref * gi, theta, g)
-    delta = _tree(np.subtract, theta, anchor)  # line 7
+      step = {k: -lr_ref * gi for k, gi in g.items()}
+      theta = _tree(np.add, theta, step)
+      delta = _tree(np.add, delta, step)
+    # Line 7, Δ = θ - anchor, taken as the sum of the reference steps, which
+    # it equals in exact arithmetic: the definition the package implements
+    # (its Δ keeps small steps exact, where θ - anchor rounds them to the
+    # parameters' resolution). In float64 the two agree far below the tests'
+    # tolerances.
+    for k in delta:
+      np.testing.assert_allclose(
+        delta[k], theta[k] - anchor[k], rtol=1e-9, atol=1e-15
+      )
     loss, g = mlp_loss_and_grad(theta, *next(batches))  # line 8
     losses.append(loss)
     omega = _vdot(delta, g)  # line 9

@@ -30,7 +30,8 @@ def init():
   }
 
 
-def run_all_drives(tx):
+def run_all_drives(make_tx):
+  tx, opaque = make_tx(), make_tx(opaque_mode=True)
   grad = jax.grad(loss_fn)
   batches = data(12)
 
@@ -41,7 +42,7 @@ def run_all_drives(tx):
 
   @jax.jit
   def whole(p, s, b0, b1):
-    u, s = tx.update(grad(p, b0), s, p, grad_fn=lambda q, i: grad(q, b1))
+    u, s = opaque.update(grad(p, b0), s, p, grad_fn=lambda q, i: grad(q, b1))
     return optax.apply_updates(p, u), s
 
   results = []
@@ -49,7 +50,7 @@ def run_all_drives(tx):
   for b in batches:
     p, s = call(p, s, b)
   results.append((p, s))
-  p, s = init(), tx.init(init())
+  p, s = init(), opaque.init(init())
   for i in range(0, 12, 2):
     p, s = whole(p, s, batches[i], batches[i + 1])
   results.append((p, s))
@@ -63,9 +64,9 @@ def run_all_drives(tx):
 
 
 def test_bit_identical_across_runs():
-  tx = profit_optax.profit(optax.adam(1e-2), 1e-3)
-  first = run_all_drives(tx)
-  second = run_all_drives(profit_optax.profit(optax.adam(1e-2), 1e-3))
+  make = lambda **kw: profit_optax.profit(optax.adam(1e-2), 1e-3, **kw)
+  first = run_all_drives(make)
+  second = run_all_drives(make)
   for a, b in zip(first, second, strict=True):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

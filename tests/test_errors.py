@@ -95,14 +95,14 @@ def test_gradient_tree_mismatch():
 
 
 def test_grad_fn_tree_mismatch():
-  tx = profit_optax.profit(optax.sgd(0.1), 0.01)
+  tx = profit_optax.profit(optax.sgd(0.1), 0.01, opaque_mode=True)
   state = tx.init(PARAMS)
   with pytest.raises(ValueError, match=r"`grad_fn\(params, i\)` must have"):
     tx.update(PARAMS, state, PARAMS, grad_fn=lambda p, i: [p["w"]])
 
 
 def test_grad_fn_not_callable():
-  tx = profit_optax.profit(optax.sgd(0.1), 0.01)
+  tx = profit_optax.profit(optax.sgd(0.1), 0.01, opaque_mode=True)
   state = tx.init(PARAMS)
   with pytest.raises(TypeError, match=r"`grad_fn` must be a callable"):
     tx.update(PARAMS, state, PARAMS, grad_fn=3)
@@ -218,6 +218,7 @@ def mismatched_trees(draw):
 def test_random_gradient_mismatch_is_reported(case):
   params, grads = case
   tx = profit_optax.profit(optax.adam(0.1), 0.01)
+  opaque = profit_optax.profit(optax.adam(0.1), 0.01, opaque_mode=True)
   state = tx.init(params)
   with pytest.raises(
     ValueError,
@@ -230,7 +231,7 @@ def test_random_gradient_mismatch_is_reported(case):
     match=r"`updates` (must have the same tree|"
     r"leaf \d+ has shape)",
   ):
-    tx.update(grads, state, params, grad_fn=lambda p, i: p)
+    opaque.update(grads, opaque.init(params), params, grad_fn=lambda p, i: p)
   # Nothing was applied: the same state still works with the right gradients.
   updates, new_state = tx.update(params, state, params)
   assert int(new_state.count) == 1
@@ -270,3 +271,24 @@ def test_profit_step_model_state_loss_returns_scalar():
       jnp.ones((2, 3, 2)),
       model_state={"mean": jnp.zeros(2)},
     )
+
+
+def test_drive_is_fixed_when_the_transformation_is_built():
+  per_call = profit_optax.profit(optax.sgd(0.1), 0.01)
+  opaque = profit_optax.profit(optax.sgd(0.1), 0.01, opaque_mode=True)
+  with pytest.raises(TypeError, match=r"build it with.*opaque_mode=True"):
+    per_call.update(
+      PARAMS, per_call.init(PARAMS), PARAMS, grad_fn=lambda p, i: p
+    )
+  with pytest.raises(TypeError, match=r"needs\s+`grad_fn=lambda params, i"):
+    opaque.update(PARAMS, opaque.init(PARAMS), PARAMS)
+  with pytest.raises(TypeError, match=r"initialise it with this"):
+    per_call.update(PARAMS, opaque.init(PARAMS), PARAMS)
+  with pytest.raises(TypeError, match=r"`opaque_mode` must be True or False"):
+    profit_optax.profit(optax.sgd(0.1), 0.01, opaque_mode="yes")
+
+
+def test_profit_phase_must_be_reference_or_main():
+  tx = profit_optax.profit(optax.sgd(0.1), 0.01)
+  with pytest.raises(ValueError, match=r"`profit_phase` must be None"):
+    tx.update(PARAMS, tx.init(PARAMS), PARAMS, profit_phase="ref")

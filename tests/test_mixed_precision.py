@@ -16,7 +16,9 @@ def test_inner_products_accumulate_in_float32():
   delta = jnp.full((n,), 2.0**-7, jnp.bfloat16).at[::3].set(-(2.0**-9))
   grad = jnp.linspace(-1.0, 3.0, n).astype(jnp.bfloat16)
   params = jnp.zeros((n,), jnp.bfloat16)
-  tx = profit_optax.profit(optax.identity(), ref_learning_rate=1.0)
+  tx = profit_optax.profit(
+    optax.identity(), ref_learning_rate=1.0, opaque_mode=True
+  )
   state = tx.init(params)
   _, state = tx.update(-delta, state, params, grad_fn=lambda p, i: grad)
   d = profit_optax.get_diagnostics(state)
@@ -32,9 +34,9 @@ def test_inner_products_accumulate_in_float32():
   assert abs(naive - d64 @ g64) > 1e-6 * abs(d64 @ g64)
 
 
-def _fine_tune(dtype, anchor_dtype=None, steps=600):
+def _fine_tune(dtype, delta_dtype=None, steps=600):
   w_new = jnp.array([1.3, -0.8, 0.5, 1.7])
-  tx = profit_optax.profit(optax.adam(1e-2), 1e-3, anchor_dtype=anchor_dtype)
+  tx = profit_optax.profit(optax.adam(1e-2), 1e-3, delta_dtype=delta_dtype)
 
   def loss(w, key):
     kx, kn = jax.random.split(key)
@@ -70,7 +72,7 @@ def test_bfloat16_trajectory_tracks_float32():
   assert float(jnp.linalg.norm(w16.astype(jnp.float32) - w_new)) < 0.5 * start
 
 
-def test_float32_anchor_for_bfloat16_params():
-  w, state, _ = _fine_tune(jnp.bfloat16, anchor_dtype=jnp.float32, steps=100)
-  assert w.dtype == jnp.bfloat16 and state.anchor.dtype == jnp.float32
+def test_float32_delta_for_bfloat16_params():
+  w, state, _ = _fine_tune(jnp.bfloat16, delta_dtype=jnp.float32, steps=100)
+  assert w.dtype == jnp.bfloat16 and state.delta.dtype == jnp.float32
   assert np.isfinite(np.asarray(w, np.float32)).all()

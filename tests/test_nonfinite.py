@@ -1,5 +1,6 @@
-"""Non-finite gradients, anchor dtype and parameter dtypes."""
+"""Non-finite gradients, the dtype of Δ and parameter dtypes."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,9 +42,10 @@ def test_non_finite_gradient_skips_the_step(bad, where, n_ref):
   for g in grads:
     params, state = call(params, state, g)
     assert _finite(params)
-    assert _finite(state.inner_state) and _finite(state.anchor)
-  # Back at the anchor, main optimizer untouched, one step skipped.
-  np.testing.assert_array_equal(params, anchor)
+    assert _finite(state.inner_state) and _finite(state.delta)
+  # Back at the anchor (params - Δ: up to one rounding), main optimizer
+  # untouched, one step skipped.
+  np.testing.assert_array_max_ulp(params, anchor, maxulp=1)
   assert int(state.skipped) == 1 and int(state.step) == 0
   assert int(state.count) == 0 and bool(state.finite)
   assert int(state.inner_state[0].count) == 0
@@ -52,13 +54,14 @@ def test_non_finite_gradient_skips_the_step(bad, where, n_ref):
   for _ in range(n_ref + 1):
     params, state = call(params, state, good)
     fresh_params, fresh_state = call(fresh_params, fresh_state, good)
-  np.testing.assert_array_equal(params, fresh_params)
+  np.testing.assert_allclose(params, fresh_params, rtol=1e-6)
+  chex.assert_trees_all_close(state.inner_state, fresh_state.inner_state)
   assert int(state.step) == 1
 
 
 @pytest.mark.parametrize("where", [0, 1])
 def test_non_finite_in_whole_step_drive(where):
-  tx = profit_optax.profit(optax.adam(0.1), 0.01, n_ref=1)
+  tx = profit_optax.profit(optax.adam(0.1), 0.01, n_ref=1, opaque_mode=True)
   params = jnp.array([1.0, 2.0])
   state = tx.init(params)
   grads = [jnp.array([0.5, -0.5]), jnp.array([0.5, -0.5])]
@@ -90,23 +93,33 @@ def test_inside_apply_if_finite_the_bad_call_is_dropped():
   np.testing.assert_allclose(params, anchor + 0.1 * good, rtol=1e-6)
 
 
-def test_anchor_dtype_is_stored_and_restored():
-  tx = profit_optax.profit(optax.sgd(0.1), 0.01, anchor_dtype=jnp.bfloat16)
+def test_delta_dtype_is_stored_and_restored():
+  tx = profit_optax.profit(optax.sgd(0.1), 0.01, delta_dtype=jnp.bfloat16)
   params = jnp.array([1.0, 2.0], jnp.float32)
   state = tx.init(params)
-  assert state.anchor.dtype == jnp.bfloat16
+  assert state.delta.dtype == jnp.bfloat16
   call = _driver(tx)
   params, state = call(params, state, jnp.array([0.5, -0.5]))
-  assert state.anchor.dtype == jnp.bfloat16
+  assert state.delta.dtype == jnp.bfloat16
   params, state = call(params, state, jnp.array([0.5, -0.5]))
   assert params.dtype == jnp.float32
 
 
-def test_anchor_dtype_must_be_floating():
-  with pytest.raises(TypeError, match=r"`anchor_dtype` must be a floating"):
-    profit_optax.profit(optax.sgd(0.1), 0.01, anchor_dtype=jnp.int32)
-  with pytest.raises(TypeError, match=r"`anchor_dtype` must be a floating"):
-    profit_optax.profit(optax.sgd(0.1), 0.01, anchor_dtype="not a dtype")
+def test_delta_dtype_must_be_floating():
+  with pytest.raises(TypeError, match=r"`delta_dtype` must be a floating"):
+    profit_optax.profit(optax.sgd(0.1), 0.01, delta_dtype=jnp.int32)
+  with pytest.raises(TypeError, match=r"`delta_dtype` must be a floating"):
+    profit_optax.profit(optax.sgd(0.1), 0.01, delta_dtype="not a dtype")
+
+
+def test_anchor_dtype_is_a_deprecated_alias_of_delta_dtype():
+  with pytest.warns(DeprecationWarning, match=r"pass `delta_dtype` instead"):
+    tx = profit_optax.profit(optax.sgd(0.1), 0.01, anchor_dtype=jnp.bfloat16)
+  assert tx.init(jnp.ones(2)).delta.dtype == jnp.bfloat16
+  with pytest.raises(ValueError, match=r"Pass `delta_dtype` only"):
+    profit_optax.profit(
+      optax.sgd(0.1), 0.01, anchor_dtype=jnp.float32, delta_dtype=jnp.float32
+    )
 
 
 def test_integer_params_rejected_with_a_fix():

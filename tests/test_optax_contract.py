@@ -69,10 +69,11 @@ def run(call, params, state, calls, seed=0):
 @pytest.mark.parametrize("n_ref", [1, 2])
 @pytest.mark.parametrize("name", list(MAIN))
 def test_extra_args_and_no_recompile(name, n_ref):
-  tx = profit_optax.profit(MAIN[name](), 0.01, n_ref=n_ref)
-  for driver in (
-    make_call(tx, unexpected_extra_arg=1),
-    make_whole_step(tx, n_ref, unexpected_extra_arg=1),
+  per_call = profit_optax.profit(MAIN[name](), 0.01, n_ref=n_ref)
+  opaque = profit_optax.profit(MAIN[name](), 0.01, n_ref, opaque_mode=True)
+  for tx, driver in (
+    (per_call, make_call(per_call, unexpected_extra_arg=1)),
+    (opaque, make_whole_step(opaque, n_ref, unexpected_extra_arg=1)),
   ):
     params = params0()
     state = tx.init(params)
@@ -88,8 +89,9 @@ def test_map_params_on_state(name):
   tx = profit_optax.profit(MAIN[name](), 0.01)
   state = tx.init(params0())
   mapped = optax.tree.map_params(tx, lambda v: v + 1.0, state)
-  expected = jax.tree.map(lambda v: v + 1.0, params0())
-  chex.assert_trees_all_close(mapped.anchor, expected)
+  # Δ, the one parameter-shaped buffer of the state, follows map_params.
+  expected = jax.tree.map(lambda v: jnp.zeros_like(v) + 1.0, params0())
+  chex.assert_trees_all_close(mapped.delta, expected)
   assert int(mapped.count) == int(state.count)
 
 
@@ -105,9 +107,10 @@ def test_dtype_preserved(dtype, n_ref):
     for u in jax.tree.leaves(updates):
       assert u.dtype == dtype
     params = optax.apply_updates(params, updates)
+  opaque = profit_optax.profit(optax.adam(0.01), 0.001, n_ref, opaque_mode=True)
   updates, _ = jax.jit(
-    lambda g, s, p: tx.update(g, s, p, grad_fn=lambda q, i: grads)
-  )(grads, state, params)
+    lambda g, s, p: opaque.update(g, s, p, grad_fn=lambda q, i: grads)
+  )(grads, opaque.init(params), params)
   for u in jax.tree.leaves(updates):
     assert u.dtype == dtype
 

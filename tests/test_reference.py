@@ -144,7 +144,8 @@ def test_matches_numpy_reference(opt_name, n_ref):
     atol=1e-12,
   )
 
-  got, records = _run_whole_step(tx, p0, batches, n)
+  opaque = profit_optax.profit(make_tx(), LR_REF, n_ref, opaque_mode=True)
+  got, records = _run_whole_step(opaque, p0, batches, n)
   _assert_close(got, expected)
   np.testing.assert_array_equal([bool(r.projected) for r in records], fired)
 

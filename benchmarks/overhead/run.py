@@ -137,12 +137,13 @@ def step_times(model: Model, n_ref: int, calls: int, rounds: int) -> dict:
   steps = calls // n
   base = optax.adam(LR)
   profit = profit_optax.profit(optax.adam(LR), LR_REF, n_ref=n_ref)
+  opaque = profit_optax.profit(optax.adam(LR), LR_REF, n_ref, opaque_mode=True)
   naive = naive_profit(optax.adam(LR), LR_REF, n_ref=n_ref)
   out, runners = {}, {}
   for name, loop, tx in (
     ("floor", per_call_loop(model, base), base),
     ("per_call", per_call_loop(model, profit), profit),
-    ("whole_step", whole_step_loop(model, profit, n), profit),
+    ("whole_step", whole_step_loop(model, opaque, n), opaque),
     ("naive_blend", per_call_loop(model, naive), naive),
   ):
     compile_s, runners[name] = compiled_runner(
@@ -269,7 +270,9 @@ def compile_count(model: Model, steps: int) -> dict:
   for _ in range(steps // 2):
     out = profit_optax.profit_step(model.loss, tx, p, s, batches)
     p, s = out.params, out.opt_state
-  core = profit_optax._src.step._build_core(model.loss, tx, False, False, False)
+  core = profit_optax._src.step._build_core(
+    model.loss, tx, 1, False, False, False
+  )
   return {"per_call": per_call, "profit_step": core._cache_size()}
 
 

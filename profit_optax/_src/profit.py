@@ -8,12 +8,21 @@ optimizer ``O`` and a reference optimizer ``O_ref``. One PROFIT step:
 3. ``Δ = θ - anchor``; ``g`` is the gradient of a new batch at the displaced θ;
 4. if ``ω = <Δ, g> < 0``, remove from ``g`` its component along ``Δ``;
 5. restore θ to the anchor and let ``O`` take one step from there with ``g``.
+
+The pieces are pure module-level functions (the reference step, the
+projection with its diagnostics, the main step, and the three calls built
+from them); :func:`profit` checks its arguments, fixes the drive and returns
+the transformation. The state keeps ``Δ`` itself, summed from the reference
+updates, rather than the anchor: the main call then reads one
+parameter-sized array besides the gradient for ``ω``, and ``Δ`` stays exact
+however small the reference steps are.
 """
 
 from __future__ import annotations
 
 import functools
 import numbers
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -121,9 +130,11 @@ class ProfitState(NamedTuple):
       (``0`` at a cycle boundary, ``1..n_ref`` after reference calls).
     step: int32 scalar, how many PROFIT steps have completed (saturating). The
       default reference learning rate schedule is evaluated at this count.
-    anchor: the parameters at the start of the current cycle (same tree,
-      shapes and dtypes as the parameters). Meaningful only while
-      ``count > 0``.
+    delta: ``Δ``, the sum of the reference updates of the current cycle
+      (same tree and shapes as the parameters, in ``delta_dtype`` or each
+      parameter's dtype); the anchor is ``params - delta``. Meaningful only
+      while ``count > 0``. ``optax.EmptyState()`` in opaque mode, which keeps
+      no copy of the parameters.
     ref_state: state of the reference optimizer; restarted every cycle.
     inner_state: state of the main optimizer; it advances once per PROFIT
       step.
@@ -145,7 +156,7 @@ class ProfitState(NamedTuple):
     >>> tx = profit_optax.profit(optax.sgd(0.1), 0.01, n_ref=2)
     >>> params = {'w': jnp.ones(3)}
     >>> state = tx.init(params)
-    >>> state.n_ref.value, state.anchor['w'].shape
+    >>> state.n_ref.value, state.delta['w'].shape
     (2, (3,))
     >>> for _ in range(4):
     ...   updates, state = tx.update({'w': jnp.ones(3)}, state, params)
@@ -162,7 +173,7 @@ class ProfitState(NamedTuple):
 
   count: jax.Array
   step: jax.Array
-  anchor: optax.Params
+  delta: optax.Updates
   ref_state: optax.OptState
   inner_state: optax.OptState
   diagnostics: ProfitDiagnostics
@@ -346,6 +357,22 @@ def _check_params(params: Any) -> None:
     )
 
 
+def _check_dtype(name: str, dtype: Any) -> Any:
+  try:
+    dtype = jnp.dtype(dtype)
+  except TypeError as e:
+    raise TypeError(
+      f"`{name}` must be a floating dtype such as jnp.float32 or None (the"
+      f" parameters' dtype); got {dtype!r}."
+    ) from e
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(
+      f"`{name}` must be a floating dtype such as jnp.float32 or None (the"
+      f" parameters' dtype); got {dtype}."
+    )
+  return dtype
+
+
 def _check_float_params(params: Any) -> None:
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     dtype = _dtype_of(leaf)
@@ -399,7 +426,7 @@ def _tree_acc_dtype(tree: Any) -> Any:
   """Accumulation dtype of a whole tree: float32, or float64 if a leaf is."""
   return functools.reduce(
     jnp.promote_types,
-    [_acc_dtype(jnp.result_type(x)) for x in jax.tree_util.tree_leaves(tree)],
+    [_acc_dtype(_dtype_of(x)) for x in jax.tree_util.tree_leaves(tree)],
     jnp.dtype(jnp.float32),
   )
 
@@ -407,9 +434,11 @@ def _tree_acc_dtype(tree: Any) -> Any:
 def _tree_vdot(a: Any, b: Any) -> jax.Array:
   """<a, b> over all leaves, accumulated in at least float32.
 
-  An elementwise product and a sum, not ``jnp.vdot``: no reshape, so it works
-  on arrays with explicit (sharding-in-types) shardings; the cross-device
-  reduction is a scalar all-reduce.
+  Not ``optax.tree.vdot``, which accumulates in the leaves' own dtype (a
+  bfloat16 sum of a million products keeps about three digits) and reshapes
+  through ``jnp.vdot`` (which arrays with explicit shardings refuse). An
+  elementwise product and a sum: the cross-device reduction is a scalar
+  all-reduce.
   """
   parts = []
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
@@ -421,24 +450,6 @@ def _tree_vdot(a: Any, b: Any) -> jax.Array:
   return sum((p.astype(dtype) for p in parts), jnp.zeros((), dtype))
 
 
-def _inner_products(delta: Any, grads: Any) -> tuple[jax.Array, ...]:
-  """(<Δ, g>, <Δ, Δ>, <g, g>), accumulated in at least float32."""
-  return (
-    _tree_vdot(delta, grads),
-    _tree_vdot(delta, delta),
-    _tree_vdot(grads, grads),
-  )
-
-
-def _tree_displacement(params: Any, anchor: Any) -> Any:
-  """``params - anchor`` per leaf, in at least float32."""
-  return jax.tree.map(
-    lambda p, a: p.astype(_acc_dtype(p.dtype)) - a.astype(_acc_dtype(p.dtype)),
-    params,
-    anchor,
-  )
-
-
 def _tree_all_finite(tree: Any) -> jax.Array:
   leaves = jax.tree_util.tree_leaves(tree)
   if not leaves:
@@ -446,8 +457,360 @@ def _tree_all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def _cast_like(tree: Any, like: Any) -> Any:
-  return jax.tree.map(lambda x, y: jnp.asarray(x).astype(y.dtype), tree, like)
+def _zeros_like_sharded(p: Any, dtype: Any) -> Any:
+  """Zeros shaped like ``p``, in ``dtype``, that keep its sharding under jit.
+
+  ``jnp.zeros_like`` inside ``jit`` is a constant that the compiler may lay
+  out on one device; a select that never takes ``p`` (so no NaN of it can
+  pass) derives from ``p`` and inherits its sharding.
+  """
+  if isinstance(p, jax.ShapeDtypeStruct):
+    return jnp.zeros(p.shape, dtype)
+  p = jnp.asarray(p)
+  return jnp.where(jnp.zeros(p.shape, jnp.bool_), p, 0).astype(dtype)
+
+
+def _match_state_types(new: Any, old: Any) -> Any:
+  """Casts ``new`` to the dtypes of ``old`` leaf by leaf.
+
+  Keeps optimizer states type-stable across ``lax.cond`` branches, selects
+  and ``lax.scan`` iterations even where an inner optimizer promotes a dtype.
+  """
+  new_leaves, treedef = jax.tree_util.tree_flatten(new)
+  old_leaves, old_treedef = jax.tree_util.tree_flatten(old)
+  if treedef != old_treedef:
+    raise ValueError(
+      "An inner optimizer changed the structure of its state during"
+      f" `update` (from {old_treedef} to {treedef}); PROFIT needs"
+      " optimizers whose state keeps one structure."
+    )
+  out = [
+    jnp.asarray(n_leaf).astype(o_leaf.dtype)
+    if hasattr(o_leaf, "dtype")
+    else n_leaf
+    for n_leaf, o_leaf in zip(new_leaves, old_leaves)
+  ]
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+# --------------------------------------------------------------------------
+# The pieces of a PROFIT step, as pure functions
+# --------------------------------------------------------------------------
+
+
+class _Config(NamedTuple):
+  """What :func:`profit` fixes when the transformation is built."""
+
+  optimizer: optax.GradientTransformationExtraArgs
+  ref_optimizer: optax.GradientTransformationExtraArgs | None
+  ref_learning_rate: optax.ScalarOrSchedule | None
+  n_ref: int
+  delta_dtype: Any | None
+
+
+def _ref_init(cfg: _Config, params: optax.Params) -> optax.OptState:
+  if cfg.ref_optimizer is None:
+    return optax.EmptyState()
+  return cfg.ref_optimizer.init(params)
+
+
+def _reference_step(
+  cfg: _Config,
+  grads: optax.Updates,
+  ref_state: optax.OptState,
+  params: optax.Params,
+  step: jax.Array,
+  finite: jax.Array,
+  extra_args: dict[str, Any],
+) -> tuple[optax.Updates, optax.OptState]:
+  """One step of the reference optimizer, held where ``finite`` is False.
+
+  Returns the update (in each parameter's dtype) and the new reference
+  state. A select, not a ``lax.cond``: the default SGD step is one fused
+  elementwise pass, and ``jnp.where`` never lets a NaN of the unchosen side
+  through.
+  """
+  if cfg.ref_optimizer is None:
+    lr = cfg.ref_learning_rate
+    lr = lr(step) if callable(lr) else lr
+    updates = jax.tree.map(
+      lambda g: jnp.where(
+        finite, -lr * g.astype(_acc_dtype(g.dtype)), 0.0
+      ).astype(g.dtype),
+      grads,
+    )
+    return updates, ref_state
+  updates, new_state = cfg.ref_optimizer.update(
+    grads, ref_state, params, **extra_args
+  )
+  updates = jax.tree.map(
+    lambda u, p: jnp.where(finite, u, 0.0).astype(p.dtype), updates, params
+  )
+  new_state = optax.tree.where(
+    finite, _match_state_types(new_state, ref_state), ref_state
+  )
+  return updates, new_state
+
+
+def _project(
+  grads: optax.Updates, delta: Any
+) -> tuple[optax.Updates, ProfitDiagnostics]:
+  """Step 3 of Algorithm 1: ``ω``, and the projection of ``g`` when ``ω < 0``.
+
+  Returns the (possibly projected) gradient and the diagnostics. The three
+  inner products are one fused pass over ``g`` and ``Δ``; the projection is
+  a select, fused into the main optimizer's pass.
+  """
+  omega = _tree_vdot(delta, grads)
+  dd = _tree_vdot(delta, delta)
+  gg = _tree_vdot(grads, grads)
+  projected = jnp.logical_and(omega < 0, dd > 0)
+  coef = jnp.where(projected, omega / jnp.where(projected, dd, 1.0), 0.0)
+  grads = jax.tree.map(
+    lambda g, d: jnp.where(
+      projected,
+      g.astype(coef.dtype) - coef * d.astype(coef.dtype),
+      g.astype(coef.dtype),
+    ).astype(g.dtype),
+    grads,
+    delta,
+  )
+  denom = jnp.sqrt(dd) * jnp.sqrt(gg)
+  cos = jnp.where(denom > 0, omega / jnp.where(denom > 0, denom, 1.0), 0.0)
+  dtype = jnp.result_type(omega, dd, gg)
+  diagnostics = ProfitDiagnostics(
+    omega=omega.astype(dtype),
+    cos=cos.astype(dtype),
+    projected=projected,
+    delta_norm=jnp.sqrt(dd).astype(dtype),
+  )
+  return grads, diagnostics
+
+
+def _main_step(
+  cfg: _Config,
+  grads: optax.Updates,
+  delta: Any,
+  state: ProfitState,
+  anchor: optax.Params,
+  ok: jax.Array | None,
+  extra_args: dict[str, Any],
+) -> tuple[optax.Updates, ProfitState]:
+  """Steps 3-4: projection, then the main optimizer's step from the anchor.
+
+  Returns the main update (relative to ``anchor``) and the state at the cycle
+  boundary. ``ok`` is whether every gradient of the cycle was finite: ``None``
+  when the caller already knows it is (the per-call drive decides it before
+  its ``lax.switch``); otherwise a traced bool, and a step that is not ok
+  returns a zero update and keeps the main optimizer's state, by selects
+  (no data-dependent conditional on this path).
+  """
+  grads, diagnostics = _project(grads, delta)
+  updates, inner_state = cfg.optimizer.update(
+    grads, state.inner_state, anchor, **extra_args
+  )
+  updates = optax.tree.cast_like(updates, anchor)
+  inner_state = _match_state_types(inner_state, state.inner_state)
+  if ok is None:
+    return updates, _end_cycle(cfg, state, anchor, inner_state, diagnostics)
+  updates = jax.tree.map(lambda u: jnp.where(ok, u, 0).astype(u.dtype), updates)
+  taken = _end_cycle(cfg, state, anchor, inner_state, diagnostics)
+  skipped = _end_cycle(cfg, state, anchor)
+  return updates, optax.tree.where(ok, taken, skipped)
+
+
+def _end_cycle(
+  cfg: _Config,
+  state: ProfitState,
+  anchor: optax.Params,
+  inner_state: optax.OptState | None = None,
+  diagnostics: ProfitDiagnostics | None = None,
+) -> ProfitState:
+  """The state at a cycle boundary: after a step taken with ``inner_state``
+  and ``diagnostics``, or, when they are ``None``, after a skipped step."""
+  taken = inner_state is not None
+  return state._replace(
+    count=jnp.zeros_like(state.count),
+    step=optax.safe_increment(state.step) if taken else state.step,
+    ref_state=_match_state_types(_ref_init(cfg, anchor), state.ref_state),
+    inner_state=inner_state if taken else state.inner_state,
+    diagnostics=diagnostics if taken else state.diagnostics,
+    finite=jnp.ones((), jnp.bool_),
+    skipped=state.skipped if taken else optax.safe_increment(state.skipped),
+  )
+
+
+def _reference_call(
+  cfg: _Config,
+  extra_args: dict[str, Any],
+  grads_finite: jax.Array,
+  grads: optax.Updates,
+  state: ProfitState,
+  params: optax.Params,
+) -> tuple[optax.Updates, ProfitState]:
+  """A reference call of the per-call drive (calls ``1..n_ref`` of a cycle).
+
+  Returns the reference update and the state with ``Δ`` not yet moved:
+  :func:`_accumulate` adds the update to ``Δ`` outside any conditional, so
+  that XLA writes ``Δ`` in place. ``grads_finite`` says whether every
+  element of ``grads`` is finite.
+  """
+  first = state.count == 0
+  finite = jnp.logical_and(jnp.logical_or(first, state.finite), grads_finite)
+  updates, ref_state = _reference_step(
+    cfg, grads, state.ref_state, params, state.step, finite, extra_args
+  )
+  new_state = state._replace(
+    count=state.count + 1, ref_state=ref_state, finite=finite
+  )
+  return updates, new_state
+
+
+def _accumulate(
+  cfg: _Config, delta: Any, updates: optax.Updates, count: jax.Array
+) -> Any:
+  """``Δ`` after a call at ``count``: on a reference call, ``Δ + updates``
+  (``updates`` alone on the first call of a cycle); else ``Δ`` unchanged.
+
+  ``Δ`` accumulates the updates exactly as returned (what
+  ``optax.apply_updates`` adds), in its own dtype: it is the exact sum of
+  the reference steps, not the difference of two rounded parameter vectors.
+  """
+  add, start = count < cfg.n_ref, count == 0
+  return jax.tree.map(
+    lambda d, u: jnp.where(
+      add, jnp.where(start, jnp.zeros_like(d), d) + u.astype(d.dtype), d
+    ),
+    delta,
+    updates,
+  )
+
+
+def _anchor_of(params: optax.Params, delta: Any) -> optax.Params:
+  """``params - Δ``, in at least float32, in each parameter's dtype."""
+  return jax.tree.map(
+    lambda p, d: (
+      p.astype(_acc_dtype(p.dtype)) - d.astype(_acc_dtype(p.dtype))
+    ).astype(p.dtype),
+    params,
+    delta,
+  )
+
+
+def _relative_to(
+  updates: optax.Updates, delta: Any, params: optax.Params
+) -> optax.Updates:
+  """``updates - Δ``: an update from the anchor, as one from ``params``."""
+  return jax.tree.map(
+    lambda u, d, p: (
+      u.astype(_acc_dtype(p.dtype)) - d.astype(_acc_dtype(p.dtype))
+    ).astype(p.dtype),
+    updates,
+    delta,
+    params,
+  )
+
+
+def _main_call(
+  cfg: _Config,
+  extra_args: dict[str, Any],
+  ok: jax.Array | None,
+  grads: optax.Updates,
+  state: ProfitState,
+  params: optax.Params,
+) -> tuple[optax.Updates, ProfitState]:
+  """The main call of the per-call drive (call ``n_ref + 1`` of a cycle).
+
+  Reads ``Δ`` from the state: the anchor is ``params - Δ`` and the returned
+  update is ``O(g) - Δ``, so that ``optax.apply_updates`` lands on
+  ``anchor + O(g)`` (or back on the anchor when the step is skipped). ``ok``
+  as in :func:`_main_step`.
+  """
+  anchor = _anchor_of(params, state.delta)
+  updates, new_state = _main_step(
+    cfg, grads, state.delta, state, anchor, ok, extra_args
+  )
+  return _relative_to(updates, state.delta, params), new_state
+
+
+def _reference_or_skip(
+  cfg: _Config,
+  extra_args: dict[str, Any],
+  grads_finite: jax.Array,
+  grads: optax.Updates,
+  state: ProfitState,
+  params: optax.Params,
+) -> tuple[optax.Updates, ProfitState]:
+  """A reference call, or a main call whose cycle saw a non-finite gradient.
+
+  The latter returns to the anchor (the update is ``-Δ``) and leaves the
+  main optimizer untouched. Selects between the two: both are cheap
+  elementwise work, and neither steps the main optimizer. ``Δ`` is left for
+  :func:`_accumulate`.
+  """
+  skip = state.count >= cfg.n_ref
+  updates, new_state = _reference_call(
+    cfg, extra_args, grads_finite, grads, state, params
+  )
+  back = jax.tree.map(
+    lambda d, p: (-d.astype(_acc_dtype(p.dtype))).astype(p.dtype),
+    state.delta,
+    params,
+  )
+  updates = optax.tree.where(skip, back, updates)
+  new_state = optax.tree.where(skip, _end_cycle(cfg, state, params), new_state)
+  return updates, new_state
+
+
+def _whole_step(
+  cfg: _Config,
+  extra_args: dict[str, Any],
+  grad_fn: _GradFn,
+  grads: optax.Updates,
+  state: ProfitState,
+  params: optax.Params,
+) -> tuple[optax.Updates, ProfitState]:
+  """A whole PROFIT step in one call (``opaque_mode=True``).
+
+  ``params`` is the anchor: ``n_ref`` reference steps in a ``lax.scan``,
+  ``grad_fn`` giving each new gradient at the displaced point, then the main
+  step, whose update is returned as it is (relative to ``params``). ``Δ``
+  is the sum of the reference updates, as in the per-call drive.
+  """
+
+  def body(carry, i):
+    theta, delta, ref_state, g, finite = carry
+    finite = jnp.logical_and(finite, _tree_all_finite(g))
+    u, ref_state = _reference_step(
+      cfg, g, ref_state, theta, state.step, finite, extra_args
+    )
+    theta = optax.apply_updates(theta, u)
+    delta = jax.tree.map(lambda d, ui: d + ui.astype(d.dtype), delta, u)
+    g = grad_fn(theta, i)
+    _check_same_tree("grad_fn(params, i)", g, params)
+    return (
+      theta,
+      delta,
+      ref_state,
+      optax.tree.cast_like(g, params),
+      finite,
+    ), None
+
+  delta0 = jax.tree.map(
+    lambda p: jnp.zeros(p.shape, cfg.delta_dtype or p.dtype), params
+  )
+  carry = (
+    params,
+    delta0,
+    _ref_init(cfg, params),
+    optax.tree.cast_like(grads, params),
+    jnp.ones((), jnp.bool_),
+  )
+  (_, delta, _, g, finite), _ = jax.lax.scan(
+    body, carry, jnp.arange(cfg.n_ref, dtype=jnp.int32)
+  )
+  ok = jnp.logical_and(finite, _tree_all_finite(g))
+  return _main_step(cfg, g, delta, state, params, ok, extra_args)
 
 
 # --------------------------------------------------------------------------
@@ -455,6 +818,7 @@ def _cast_like(tree: Any, like: Any) -> Any:
 # --------------------------------------------------------------------------
 
 _GradFn = Callable[[optax.Params, jax.Array], optax.Updates]
+_PHASES = ("reference", "main")
 
 
 def profit(
@@ -463,14 +827,17 @@ def profit(
   n_ref: int = 1,
   *,
   ref_optimizer: optax.GradientTransformation | None = None,
+  opaque_mode: bool = False,
+  delta_dtype: Any | None = None,
   anchor_dtype: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""PROFIT: proximal fine-tuning around a main optimizer.
 
   Each PROFIT step anchors the parameters :math:`\theta_a`, takes ``n_ref``
   steps of the reference optimizer (plain SGD with ``ref_learning_rate`` by
-  default), measures the displacement :math:`\Delta = \theta - \theta_a` and
-  the gradient :math:`g` of a new batch at the displaced point, and, when
+  default), whose updates sum to the displacement :math:`\Delta`, takes the
+  gradient :math:`g` of a new batch at the displaced point
+  :math:`\theta_a + \Delta`, and, when
   :math:`\omega = \langle \Delta, g \rangle < 0`, projects :math:`g` onto the
   hyperplane orthogonal to :math:`\Delta`:
 
@@ -481,46 +848,63 @@ def profit(
   The main optimizer then steps from the anchor:
   :math:`\theta \leftarrow \theta_a + O(g; \theta_a)`.
 
-  There are two ways to drive it.
+  The drive is fixed here, when the transformation is built.
 
-  *One gradient per call* (the default). ``n_ref + 1`` consecutive calls of
-  ``update`` make one PROFIT step, each with the gradient of a new batch at the
-  current parameters. Calls ``1..n_ref`` are reference calls (the first one
-  stores the anchor) and return the reference optimizer's update; call
-  ``n_ref + 1`` returns ``(anchor - params) + O(g)`` so that
-  ``optax.apply_updates`` lands on ``anchor + O(g)`` (up to one rounding).
-  The main optimizer does no work on reference calls (``lax.cond``), its
-  state and schedules advance once per PROFIT step, and the reference
-  optimizer's state restarts every cycle.
+  *One gradient per call* (``opaque_mode=False``, the default). ``n_ref + 1``
+  consecutive calls of ``update`` make one PROFIT step, each with the
+  gradient of a new batch at the current parameters. Calls ``1..n_ref`` are
+  reference calls: they return the reference optimizer's update and add it
+  to ``Δ``, kept in the state (the first call of a cycle starts it at zero).
+  Call ``n_ref + 1`` is the main call: the anchor is ``params - Δ`` and the
+  update returned is ``O(g) - Δ``, so that ``optax.apply_updates`` lands on
+  ``anchor + O(g)``. A ``lax.cond`` on the state's count reads the phase, so
+  the main optimizer does no work on reference calls; its state and
+  schedules advance once per PROFIT step; the reference optimizer's state
+  restarts every cycle. A loop that knows the phase in Python (as
+  :func:`profit_step` does) passes ``profit_phase="reference"`` or
+  ``"main"`` to ``update``: the phase is then static, with no conditional
+  at all, which also keeps the main optimizer off the reference calls of a
+  sweep under ``jax.vmap`` (where a ``lax.cond`` on a batched count would
+  run both branches). The caller must then give the phases in cycle order.
 
-  *Whole step in one call*. ``update(grads, state, params, grad_fn=fn)``
-  runs a complete PROFIT step: ``grads`` (the gradient at ``params``) drives
-  the first reference step and ``fn(params, i)``, for ``i = 0..n_ref-1``,
-  returns the gradient of the ``(i+1)``-th batch of the step at the given
-  parameters (``i`` is a traced int32 scalar: index stacked batches with it).
-  The returned update is exactly ``O(g)`` relative to ``params``. This mode
-  starts a new cycle at ``params``; do not switch to it in the middle of a
-  cycle of the default mode. Transformations chained *before* PROFIT see only
-  ``grads``, not the gradients ``fn`` returns: put clipping and similar
-  preprocessing inside ``optimizer`` instead.
+  *Whole step in one call* (``opaque_mode=True``), as in
+  ``optax.contrib.sam``'s opaque mode. ``update(grads, state, params,
+  grad_fn=fn)`` runs a complete PROFIT step: ``grads`` (the gradient at
+  ``params``) drives the first reference step and ``fn(params, i)``, for
+  ``i = 0..n_ref-1``, returns the gradient of the ``(i+1)``-th batch of the
+  step at the given parameters (``i`` is a traced int32 scalar: index
+  stacked batches with it). The returned update is ``O(g)`` relative to
+  ``params``, and the state holds no copy of the parameters. Transformations
+  chained *before* PROFIT see only ``grads``, not the gradients ``fn``
+  returns: put clipping and similar preprocessing inside ``optimizer``.
 
   Non-finite gradients: a reference call whose gradient has a NaN or an inf
   does not move the parameters, and the main call of such a cycle (or a main
   call with a non-finite gradient) returns the parameters to the anchor
-  without running the main optimizer; ``state.skipped`` counts these steps.
-  The anchor and the main optimizer's state are never corrupted, and the next
-  cycle starts cleanly. Inside ``optax.apply_if_finite`` a non-finite call is
-  instead dropped altogether and the cycle continues with the next call.
+  without changing the main optimizer's state; ``state.skipped`` counts
+  these steps, and the next cycle starts cleanly. Inside
+  ``optax.apply_if_finite`` a non-finite call is instead dropped altogether
+  and the cycle continues with the next call.
 
-  Numerics: the inner products are accumulated in at least float32, a zero
-  displacement never produces NaN (the projection needs ``ω < 0``, which a
-  zero ``Δ`` cannot give), and updates keep each parameter leaf's dtype. The
-  phase (reference or main call) and the non-finite skip are ``lax.cond``
-  branches, so the unchosen side does no work; the projection and the
-  anchor store are element-wise selects (``jnp.where``), cheap work that XLA
-  fuses. No decision blends its branches arithmetically, so an inf in one
-  cannot leak into the other as NaN. Under ``jax.vmap`` with a batched
-  state, JAX turns every ``lax.cond`` into a select, so both sides run.
+  Numerics: ``Δ`` is the exact sum of the reference updates, not the
+  difference of two rounded parameter vectors, so it keeps its precision
+  however small the reference steps are next to the parameters (see the
+  project's rounding benchmark). The inner products are accumulated in at
+  least float32, a zero displacement never produces NaN (the projection
+  needs ``ω < 0``, which a zero ``Δ`` cannot give), and updates keep each
+  parameter leaf's dtype.
+
+  Control flow: where the phase is read from the state, one ``lax.cond``
+  decides whether this call steps the main optimizer (a main call whose
+  cycle was finite) or not (a reference call, or the return to the anchor
+  after a non-finite gradient). Everything else (the projection, the
+  non-finite hold and skip, the accumulation of ``Δ``) is an element-wise
+  select (``jnp.where``), fused by XLA into passes that are needed anyway and
+  never letting the unchosen side's values (an inf, a NaN) through. With a
+  static ``profit_phase``, and in opaque mode, there is no conditional at
+  all: nothing waits on the device to decide. The per-call drive's return to
+  the anchor costs one rounding more than the whole-step drive's:
+  ``params - Δ`` is computed, not stored.
 
   PROFIT is meant for fine-tuning a converged model on a nearby distribution
   with stochastic mini-batches. Where the new gradient is exactly parallel to
@@ -543,21 +927,25 @@ def profit(
     ref_optimizer: replaces the default reference optimizer
       ``optax.sgd(ref_learning_rate)``. Its state restarts every PROFIT step,
       so a schedule inside it sees only the step's ``0..n_ref-1`` counts.
-    anchor_dtype: dtype in which the anchor is stored (default: each
-      parameter's own dtype). A narrower dtype saves memory but rounds the
-      point every PROFIT step returns to, so steps smaller than the dtype's
-      resolution are lost; prefer the default unless memory forces it.
+    opaque_mode: ``False`` (default) for one gradient per ``update`` call;
+      ``True`` for a whole PROFIT step per call, with ``grad_fn``.
+    delta_dtype: dtype in which ``Δ`` is kept (default: each parameter's own
+      dtype). ``jnp.float32`` for bfloat16 parameters keeps small reference
+      steps exact at twice the memory.
+    anchor_dtype: deprecated alias of ``delta_dtype`` (the state keeps ``Δ``,
+      not the anchor, since version 0.2).
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs` whose state is a
-    :class:`ProfitState`. Extra keyword arguments of ``update`` are forwarded
-    to the main and the reference optimizers; those they do not know are
-    ignored.
+    :class:`ProfitState`. ``update`` takes ``grad_fn`` (opaque mode only)
+    and ``profit_phase`` (per-call mode only); its other keyword arguments
+    are forwarded to the main and the reference optimizers, which ignore
+    those they do not know.
 
   Raises:
     TypeError: if ``optimizer`` or ``ref_optimizer`` is not a transformation,
-      ``n_ref`` is not an int, or ``ref_learning_rate`` is not a number or a
-      schedule.
+      ``n_ref`` is not an int, ``ref_learning_rate`` is not a number or a
+      schedule, or a dtype is not a floating dtype.
     ValueError: if ``n_ref < 1``, a rate is negative or not finite, or
       neither/both of ``ref_learning_rate`` and ``ref_optimizer`` are given.
 
@@ -576,6 +964,17 @@ def profit(
     >>> print(int(state.step), params['w'].round(1))
     200 [ 1.  -1.4]
 
+    The whole step in one call: ``grad_fn(params, i)`` gives the gradient of
+    the ``(i + 1)``-th batch of the step.
+
+    >>> tx = profit_optax.profit(optax.sgd(0.1), 0.01, opaque_mode=True)
+    >>> state = tx.init(params)
+    >>> xs = jnp.array([[0.5, -0.5], [0.6, -0.4]])  # n_ref + 1 batches
+    >>> g = lambda p, i: jax.grad(loss)(p, xs[i + 1])
+    >>> updates, state = tx.update(g(params, -1), state, params, grad_fn=g)
+    >>> int(state.step), state.delta
+    (1, EmptyState())
+
   References:
     Chakravarthy et al., `PROFIT: A Specialized Optimizer for Deep Fine
     Tuning <https://arxiv.org/abs/2412.01930>`_, 2024
@@ -583,19 +982,25 @@ def profit(
   _check_transformation("optimizer", optimizer)
   optimizer = optax.with_extra_args_support(optimizer)
   n_ref = _check_n_ref(n_ref)
+  if not isinstance(opaque_mode, (bool, np.bool_)):
+    raise TypeError(
+      f"`opaque_mode` must be True or False (a whole PROFIT step per call,"
+      f" or one gradient per call); got {opaque_mode!r}."
+    )
   if anchor_dtype is not None:
-    try:
-      anchor_dtype = jnp.dtype(anchor_dtype)
-    except TypeError as e:
-      raise TypeError(
-        f"`anchor_dtype` must be a floating dtype such as jnp.float32 or"
-        f" None (the parameters' dtype); got {anchor_dtype!r}."
-      ) from e
-    if not jnp.issubdtype(anchor_dtype, jnp.floating):
-      raise TypeError(
-        f"`anchor_dtype` must be a floating dtype such as jnp.float32 or"
-        f" None (the parameters' dtype); got {anchor_dtype}."
+    if delta_dtype is not None:
+      raise ValueError(
+        "Pass `delta_dtype` only: `anchor_dtype` is its deprecated alias."
       )
+    warnings.warn(
+      "`anchor_dtype` is deprecated: PROFIT keeps the reference displacement"
+      " Δ, not the anchor; pass `delta_dtype` instead.",
+      DeprecationWarning,
+      stacklevel=2,
+    )
+    delta_dtype = _check_dtype("anchor_dtype", anchor_dtype)
+  elif delta_dtype is not None:
+    delta_dtype = _check_dtype("delta_dtype", delta_dtype)
   if ref_optimizer is None:
     if ref_learning_rate is None:
       raise TypeError(
@@ -604,7 +1009,6 @@ def profit(
         " lr_main/10000), an optax schedule, or pass `ref_optimizer=`."
       )
     _check_rate("ref_learning_rate", ref_learning_rate)
-    use_default_ref = True
   else:
     _check_transformation("ref_optimizer", ref_optimizer)
     ref_optimizer = optax.with_extra_args_support(ref_optimizer)
@@ -615,54 +1019,25 @@ def profit(
         " `ref_learning_rate=None` when giving `ref_optimizer`, and put the"
         " rate inside it."
       )
-    use_default_ref = False
-
-  def ref_init(params):
-    if use_default_ref:
-      return optax.EmptyState()
-    return ref_optimizer.init(params)
-
-  def ref_update(grads, ref_state, params, step, extra_args):
-    """One reference step: returns (descent update, new ref_state)."""
-    if use_default_ref:
-      if callable(ref_learning_rate):
-        lr = ref_learning_rate(step)
-      else:
-        lr = ref_learning_rate
-      updates = jax.tree.map(
-        lambda g: (-lr * g.astype(_acc_dtype(g.dtype))).astype(g.dtype),
-        grads,
-      )
-      return updates, ref_state
-    updates, ref_state = ref_optimizer.update(
-      grads, ref_state, params, **extra_args
-    )
-    return _cast_like(updates, params), ref_state
-
-  def _initial_anchor(p):
-    if isinstance(p, jax.ShapeDtypeStruct):
-      return jnp.zeros_like(p, dtype=anchor_dtype or p.dtype)
-    return jnp.asarray(p, dtype=anchor_dtype)
-
-  def to_anchor(params):
-    if anchor_dtype is None:
-      return jax.tree.map(jnp.asarray, params)
-    return jax.tree.map(lambda p: jnp.asarray(p).astype(anchor_dtype), params)
-
-  def from_anchor(anchor, params):
-    return _cast_like(anchor, params)
+  cfg = _Config(optimizer, ref_optimizer, ref_learning_rate, n_ref, delta_dtype)
 
   def init_fn(params):
     _check_params(params)
     _check_float_params(params)
+    if opaque_mode:
+      delta = optax.EmptyState()
+    else:
+      # Meaningful only while count > 0. A zero array built from each
+      # parameter keeps its sharding under jit; abstract parameters
+      # (jax.ShapeDtypeStruct) get an abstract Δ of the same kind.
+      delta = jax.tree.map(
+        lambda p: _zeros_like_sharded(p, delta_dtype or p.dtype), params
+      )
     return ProfitState(
       count=jnp.zeros((), jnp.int32),
       step=jnp.zeros((), jnp.int32),
-      # Only meaningful once a cycle starts (count > 0). A copy of the
-      # parameters keeps their sharding under jit; abstract parameters
-      # (jax.ShapeDtypeStruct) get an abstract anchor of the same type.
-      anchor=jax.tree.map(_initial_anchor, params),
-      ref_state=ref_init(params),
+      delta=delta,
+      ref_state=_ref_init(cfg, params),
       inner_state=optimizer.init(params),
       diagnostics=_zero_diagnostics(_tree_acc_dtype(params)),
       finite=jnp.ones((), jnp.bool_),
@@ -670,187 +1045,13 @@ def profit(
       n_ref=_Static(n_ref),
     )
 
-  def main_step(grads, displaced, products, inner_state, anchor, extra_args):
-    """Projection and main optimizer step from the anchor.
-
-    ``displaced`` are the parameters where ``grads`` was taken and
-    ``products`` are ``(<Δ, g>, <Δ, Δ>, <g, g>)``. Returns the main
-    optimizer's update (relative to ``anchor``), its new state and the
-    diagnostics.
-    """
-    omega, dd, gg = products
-    # Δ is recomputed here rather than passed in: as an operand of the
-    # enclosing lax.cond it would be materialised, one more parameter-sized
-    # buffer; recomputed, XLA fuses it into the projection.
-    delta = _tree_displacement(displaced, anchor)
-    projected = jnp.logical_and(omega < 0, dd > 0)
-
-    # The projection is cheap elementwise work: a select (jnp.where, which
-    # never lets the unchosen side's values through) rather than a lax.cond,
-    # so that XLA fuses `params - anchor` into it instead of materialising
-    # the displacement as a cond operand.
-    coef = jnp.where(projected, omega / jnp.where(projected, dd, 1.0), 0.0)
-    grads = jax.tree.map(
-      lambda gi, di: jnp.where(
-        projected,
-        (gi.astype(di.dtype) - coef.astype(di.dtype) * di).astype(gi.dtype),
-        gi,
-      ),
-      grads,
-      delta,
-    )
-    denom = jnp.sqrt(dd) * jnp.sqrt(gg)
-    cos = jnp.where(denom > 0, omega / jnp.where(denom > 0, denom, 1.0), 0.0)
-    diag_dtype = _tree_acc_dtype(anchor)
-    diagnostics = ProfitDiagnostics(
-      omega=omega.astype(diag_dtype),
-      cos=cos.astype(diag_dtype),
-      projected=projected,
-      delta_norm=jnp.sqrt(dd).astype(diag_dtype),
-    )
-    updates, new_inner = optimizer.update(
-      grads, inner_state, anchor, **extra_args
-    )
-    new_inner = _match_state_types(new_inner, inner_state)
-    return _cast_like(updates, anchor), new_inner, diagnostics
-
-  def complete_step(
-    grads, displaced, products, state, anchor, params, extra_args
-  ):
-    """The end of a PROFIT step whose gradients were all finite."""
-    main_updates, inner_state, diagnostics = main_step(
-      grads, displaced, products, state.inner_state, anchor, extra_args
-    )
-    new_state = state._replace(
-      count=jnp.zeros_like(state.count),
-      step=optax.safe_increment(state.step),
-      ref_state=_match_state_types(ref_init(params), state.ref_state),
-      inner_state=inner_state,
-      diagnostics=diagnostics,
-      finite=jnp.ones((), jnp.bool_),
-    )
-    return main_updates, new_state
-
-  def skip_step(state, params):
-    """The end of a PROFIT step with a non-finite gradient: back to the
-    anchor, the main optimizer untouched."""
-    new_state = state._replace(
-      count=jnp.zeros_like(state.count),
-      ref_state=_match_state_types(ref_init(params), state.ref_state),
-      finite=jnp.ones((), jnp.bool_),
-      skipped=optax.safe_increment(state.skipped),
-    )
-    return optax.tree.zeros_like(params), new_state
-
-  def transparent_update(updates, state, params, extra_args):
-    grads = updates
-    first = state.count == 0
-    # The first call of a cycle stores the anchor. An elementwise select
-    # outside the branches below: XLA writes it in place into the (donated)
-    # anchor buffer, where a lax.cond output would need a copy.
-    anchor_store = jax.tree.map(
-      lambda p, a: jnp.where(first, p.astype(a.dtype), a), params, state.anchor
-    )
-    state = state._replace(anchor=anchor_store)
-
-    def reference_call(_):
-      finite = jnp.logical_and(
-        jnp.logical_or(first, state.finite), _tree_all_finite(grads)
-      )
-
-      def step(_):
-        ref_updates, ref_state = ref_update(
-          grads, state.ref_state, params, state.step, extra_args
-        )
-        return ref_updates, _match_state_types(ref_state, state.ref_state)
-
-      def hold(_):  # a non-finite gradient must not displace the parameters
-        return optax.tree.zeros_like(params), state.ref_state
-
-      ref_updates, ref_state = jax.lax.cond(finite, step, hold, None)
-      new_state = state._replace(
-        count=state.count + 1, ref_state=ref_state, finite=finite
-      )
-      return ref_updates, new_state
-
-    def main_call(_):
-      anchor = from_anchor(state.anchor, params)
-      products = _inner_products(_tree_displacement(params, anchor), grads)
-      # n_ref >= 1, so the reference calls of this cycle set `finite`; a NaN
-      # or inf anywhere in g makes <g, g> non-finite.
-      ok = jnp.logical_and(state.finite, jnp.isfinite(products[2]))
-
-      def main(_):
-        return complete_step(
-          grads, params, products, state, anchor, params, extra_args
-        )
-
-      def skip(_):
-        return skip_step(state, params)
-
-      main_updates, new_state = jax.lax.cond(ok, main, skip, None)
-      # params + out == anchor + main_updates, up to one rounding.
-      out = jax.tree.map(
-        lambda a, p, u: (
-          (a.astype(_acc_dtype(a.dtype)) - p.astype(_acc_dtype(a.dtype)))
-          + u.astype(_acc_dtype(a.dtype))
-        ).astype(p.dtype),
-        anchor,
-        params,
-        main_updates,
-      )
-      return out, new_state
-
-    return jax.lax.cond(state.count >= n_ref, main_call, reference_call, None)
-
-  def whole_step_update(updates, state, params, grad_fn, extra_args):
-    ref_state0 = ref_init(params)
-
-    def body(carry, i):
-      theta, ref_state, grads, finite = carry
-      finite = jnp.logical_and(finite, _tree_all_finite(grads))
-
-      def step(_):
-        ref_updates, new_ref_state = ref_update(
-          grads, ref_state, theta, state.step, extra_args
-        )
-        new_ref_state = _match_state_types(new_ref_state, ref_state)
-        return optax.apply_updates(theta, ref_updates), new_ref_state
-
-      # Once a gradient of the step is not finite the step will be skipped:
-      # stop moving.
-      theta, ref_state = jax.lax.cond(
-        finite, step, lambda _: (theta, ref_state), None
-      )
-      new_grads = grad_fn(theta, i)
-      _check_same_tree("grad_fn(params, i)", new_grads, params)
-      return (theta, ref_state, _cast_like(new_grads, params), finite), None
-
-    carry0 = (
-      params,
-      ref_state0,
-      _cast_like(updates, params),
-      jnp.ones((), jnp.bool_),
-    )
-    (theta, _, grads, finite), _ = jax.lax.scan(
-      body, carry0, jnp.arange(n_ref, dtype=jnp.int32)
-    )
-    products = _inner_products(_tree_displacement(theta, params), grads)
-    ok = jnp.logical_and(finite, jnp.isfinite(products[2]))
-
-    def main(_):
-      return complete_step(
-        grads, theta, products, state, params, params, extra_args
-      )
-
-    return jax.lax.cond(ok, main, lambda _: skip_step(state, params), None)
-
   def update_fn(
     updates: optax.Updates,
     state: ProfitState,
     params: optax.Params | None = None,
     *,
     grad_fn: _GradFn | None = None,
+    profit_phase: str | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, ProfitState]:
     _check_params(params)
@@ -860,36 +1061,68 @@ def profit(
         f" `init`; got {type(state).__name__}."
       )
     _check_same_tree("updates", updates, params)
-    if grad_fn is None:
-      return transparent_update(updates, state, params, extra_args)
-    if not callable(grad_fn):
+    if opaque_mode:
+      if grad_fn is None:
+        raise TypeError(
+          "This PROFIT transformation was built with `opaque_mode=True`: each"
+          " `update` runs a whole PROFIT step and needs"
+          " `grad_fn=lambda params, i: ...` (the gradient of the (i+1)-th"
+          " batch of the step). Build it with `opaque_mode=False` for one"
+          " gradient per call."
+        )
+      if not callable(grad_fn):
+        raise TypeError(
+          "`grad_fn` must be a callable (params, i) -> gradients; got"
+          f" {grad_fn!r}."
+        )
+      return _whole_step(cfg, extra_args, grad_fn, updates, state, params)
+    if grad_fn is not None:
       raise TypeError(
-        "`grad_fn` must be a callable (params, i) -> gradients; got"
-        f" {grad_fn!r}."
+        "`grad_fn` runs a whole PROFIT step per call, which this"
+        " transformation was not built for: build it with"
+        " `profit_optax.profit(..., opaque_mode=True)`, or drop `grad_fn`"
+        " and pass one gradient per call."
       )
-    return whole_step_update(updates, state, params, grad_fn, extra_args)
+    if isinstance(state.delta, optax.EmptyState):
+      raise TypeError(
+        "`state` was initialised by a PROFIT transformation built with"
+        " `opaque_mode=True`; initialise it with this transformation's"
+        " `init`."
+      )
+    # extra_args may hold values that are not arrays: the branches close
+    # over them and the configuration; the arrays are the switch's operands.
+    grads_finite = _tree_all_finite(updates)
+    if profit_phase is None:
+      # Two branches: the main optimizer's step, and everything else (a
+      # reference call, or the main call of a cycle that saw a non-finite
+      # gradient), which passes the main optimizer's state through. A
+      # ``lax.cond`` whose branches pass a buffer through, or update it, lets
+      # XLA write it in place; a three-way switch, a select of old and new
+      # moments, or a branch that moves Δ each cost a parameter-sized copy.
+      step = jnp.logical_and(
+        state.count >= n_ref, jnp.logical_and(state.finite, grads_finite)
+      )
+      out, new_state = jax.lax.cond(
+        step,
+        functools.partial(_main_call, cfg, extra_args, None),
+        functools.partial(_reference_or_skip, cfg, extra_args, grads_finite),
+        updates,
+        state,
+        params,
+      )
+    elif profit_phase == "reference":
+      out, new_state = _reference_call(
+        cfg, extra_args, grads_finite, updates, state, params
+      )
+    elif profit_phase == "main":
+      ok = jnp.logical_and(state.finite, grads_finite)
+      return _main_call(cfg, extra_args, ok, updates, state, params)
+    else:
+      raise ValueError(
+        f"`profit_phase` must be None (read the phase from the state),"
+        f" 'reference' or 'main'; got {profit_phase!r}."
+      )
+    delta = _accumulate(cfg, state.delta, out, state.count)
+    return out, new_state._replace(delta=delta)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _match_state_types(new: Any, old: Any) -> Any:
-  """Casts ``new`` to the dtypes of ``old`` leaf by leaf.
-
-  Keeps optimizer states type-stable across ``lax.cond`` branches and
-  ``lax.scan`` iterations even where an inner optimizer promotes a dtype.
-  """
-  new_leaves, treedef = jax.tree_util.tree_flatten(new)
-  old_leaves, old_treedef = jax.tree_util.tree_flatten(old)
-  if treedef != old_treedef:
-    raise ValueError(
-      "An inner optimizer changed the structure of its state during"
-      f" `update` (from {old_treedef} to {treedef}); PROFIT needs"
-      " optimizers whose state keeps one structure."
-    )
-  out = [
-    jnp.asarray(n_leaf).astype(o_leaf.dtype)
-    if hasattr(o_leaf, "dtype")
-    else n_leaf
-    for n_leaf, o_leaf in zip(new_leaves, old_leaves)
-  ]
-  return jax.tree_util.tree_unflatten(treedef, out)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections.abc
 import functools
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -26,7 +27,8 @@ class ProfitStepOutput(NamedTuple):
     metrics: a dict of arrays: ``loss`` (shape ``(n_ref + 1,)``, the loss of
       each sub-step: ``n_ref`` reference batches, then the main batch at the
       displaced parameters), ``omega``, ``cos``, ``projected`` and
-      ``delta_norm`` (scalars, see :class:`ProfitDiagnostics`).
+      ``delta_norm`` (scalars, see :class:`ProfitDiagnostics`). With
+      ``num_steps=K`` each gains a leading axis of length ``K``.
     model_state: the new model state (e.g. Flax ``batch_stats``) when
       ``model_state`` was given, else ``None``.
     aux: with ``has_aux=True``, the auxiliary output of every sub-step stacked
@@ -100,11 +102,20 @@ def _split_loss_output(out: Any, has_aux: bool, with_model_state: bool):
 def _build_core(
   loss_fn: Callable[..., Any],
   optimizer: optax.GradientTransformation,
+  n_ref: int,
   has_aux: bool,
   with_model_state: bool,
   donate: bool,
 ):
-  """Builds the jitted core once per (loss_fn, optimizer, options)."""
+  """Builds the jitted core once per (loss_fn, optimizer, options).
+
+  The core runs ``K`` PROFIT steps (batches stacked ``[K, n_ref + 1, ...]``)
+  in a ``lax.scan``; inside each, the ``n_ref`` reference sub-steps are a
+  ``lax.scan`` of calls with ``profit_phase="reference"`` and the main
+  sub-step one call with ``profit_phase="main"``, so the phase is static:
+  no conditional on it, and under ``jax.vmap`` the reference sub-steps do
+  no main-optimizer work.
+  """
 
   def sub_loss(params, model_state, batch):
     if with_model_state:
@@ -115,21 +126,37 @@ def _build_core(
 
   value_and_grad = jax.value_and_grad(sub_loss, has_aux=True)
 
-  def core(params, opt_state, model_state, batches):
-    def body(carry, batch):
-      params, opt_state = carry
-      # Every sub-step sees the model state of the anchor: the forward passes
-      # of the reference sub-steps leave no trace in it.
-      (loss, (new_ms, aux)), grads = value_and_grad(params, model_state, batch)
-      updates, opt_state = optimizer.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
-      return (params, opt_state), (loss, new_ms, aux)
-
-    (params, opt_state), (losses, new_ms, aux) = jax.lax.scan(
-      body, (params, opt_state), batches
+  def sub_step(params, opt_state, model_state, batch, phase):
+    # Every sub-step sees the model state of the anchor: the forward passes
+    # of the reference sub-steps leave no trace in it.
+    (loss, (new_ms, aux)), grads = value_and_grad(params, model_state, batch)
+    updates, opt_state = optimizer.update(
+      grads, opt_state, params, profit_phase=phase
     )
-    # Keep the model state of the main sub-step's forward pass (the last one).
-    new_ms = jax.tree.map(lambda x: x[-1], new_ms)
+    return optax.apply_updates(params, updates), opt_state, (loss, new_ms, aux)
+
+  def one_step(carry, batches):
+    params, opt_state, model_state = carry
+
+    def reference(carry, batch):
+      params, opt_state = carry
+      params, opt_state, (loss, _, aux) = sub_step(
+        params, opt_state, model_state, batch, "reference"
+      )
+      return (params, opt_state), (loss, aux)
+
+    ref_batches = jax.tree.map(lambda x: x[:n_ref], batches)
+    (params, opt_state), (ref_losses, ref_aux) = jax.lax.scan(
+      reference, (params, opt_state), ref_batches
+    )
+    main_batch = jax.tree.map(lambda x: x[n_ref], batches)
+    params, opt_state, (loss, new_ms, aux) = sub_step(
+      params, opt_state, model_state, main_batch, "main"
+    )
+    losses = jnp.concatenate([ref_losses, loss[None]])
+    aux = jax.tree.map(lambda r, m: jnp.concatenate([r, m[None]]), ref_aux, aux)
+    # Keep the model state of the main sub-step's forward pass.
+    model_state = new_ms if with_model_state else model_state
     diag = find_profit_state(opt_state).diagnostics
     metrics = {
       "loss": losses,
@@ -138,23 +165,46 @@ def _build_core(
       "projected": diag.projected,
       "delta_norm": diag.delta_norm,
     }
-    return ProfitStepOutput(params, opt_state, metrics, new_ms, aux)
+    return (params, opt_state, model_state), (metrics, aux)
+
+  def core(params, opt_state, model_state, batches):
+    (params, opt_state, model_state), (metrics, aux) = jax.lax.scan(
+      one_step, (params, opt_state, model_state), batches
+    )
+    return ProfitStepOutput(
+      params,
+      opt_state,
+      metrics,
+      model_state if with_model_state else None,
+      aux if has_aux else None,
+    )
 
   return jax.jit(core, donate_argnums=(0, 1, 2) if donate else ())
 
 
-def _stack_batches(batches: Any, n: int) -> Any:
-  """Pulls ``n`` batches from an iterator, or checks an already stacked tree."""
+def _stack_batches(batches: Any, n: int, k: int | None) -> Any:
+  """Batches stacked ``[k, n, ...]`` (``[1, n, ...]`` when ``k`` is None).
+
+  Pulls them from an iterator, or checks an already stacked tree.
+  """
+  lead = (n,) if k is None else (k, n)
+  want = (
+    f"a leading axis of length n_ref + 1 = {n}"
+    if k is None
+    else f"leading axes of lengths (num_steps, n_ref + 1) = {lead}"
+  )
   if isinstance(batches, collections.abc.Iterator):
+    count = n * (k or 1)
     pulled = []
-    for _ in range(n):
+    for _ in range(count):
       try:
         pulled.append(next(batches))
       except StopIteration:
         raise ValueError(
-          f"`batches` ran out after {len(pulled)} of the {n} batches a PROFIT"
-          f" step needs (n_ref + 1 = {n}); nothing was applied. Give an"
-          " iterator with enough batches (e.g. cycle over epochs)."
+          f"`batches` ran out after {len(pulled)} of the {count} batches"
+          f" this call needs ({'' if k is None else f'{k} PROFIT steps of '}"
+          f"n_ref + 1 = {n}); nothing was applied. Give an iterator with"
+          " enough batches (e.g. cycle over epochs)."
         ) from None
     structs = [jax.tree_util.tree_structure(b) for b in pulled]
     if any(s != structs[0] for s in structs):
@@ -165,8 +215,10 @@ def _stack_batches(batches: Any, n: int) -> Any:
 
     def stack(*xs):
       if any(isinstance(x, jax.Array) for x in xs):
-        return jnp.stack(xs)
-      return np.stack([np.asarray(x) for x in xs])
+        out = jnp.stack(xs)
+      else:
+        out = np.stack([np.asarray(x) for x in xs])
+      return out.reshape((k or 1, n) + out.shape[1:])
 
     return jax.tree.map(stack, *pulled)
 
@@ -174,17 +226,18 @@ def _stack_batches(batches: Any, n: int) -> Any:
   if not leaves:
     raise ValueError(
       "`batches` is empty: pass an iterator of batches or a pytree of arrays"
-      f" stacked on a leading axis of length n_ref + 1 = {n}."
+      f" stacked on {want}."
     )
   for leaf in leaves:
     shape = np.shape(leaf)
-    if not shape or shape[0] != n:
+    if tuple(shape[: len(lead)]) != lead:
       raise ValueError(
         "`batches` must be an iterator of batches, or a pytree whose every"
-        f" leaf is stacked on a leading axis of length n_ref + 1 = {n}; got a"
-        f" leaf of shape {shape}. Wrap a list of batches with iter(...), or"
-        f" stack exactly {n} batches."
+        f" leaf is stacked on {want}; got a leaf of shape {shape}. Wrap a"
+        f" list of batches with iter(...), or stack exactly {lead} batches."
       )
+  if k is None:
+    return jax.tree.map(lambda x: x[None], batches)
   return batches
 
 
@@ -198,18 +251,25 @@ def profit_step(
   has_aux: bool = False,
   model_state: Any | None = None,
   donate: bool = False,
+  num_steps: int | None = None,
 ) -> ProfitStepOutput:
   """Runs one whole PROFIT step over ``n_ref + 1`` batches in one jitted call.
 
   A Python driver: it pulls ``n_ref + 1`` batches from ``batches`` (or takes
   them already stacked), then calls a jitted core, built once per
-  ``(loss_fn, optimizer, options)`` and cached, which scans over the batches
-  with ``lax.scan``. Each sub-step computes the gradient of ``loss_fn`` on its
-  batch at the current parameters and calls ``optimizer.update`` in the
-  one-gradient-per-call mode of :func:`profit`, whose ``lax.cond`` chooses the
-  reference or the main branch and the projection when ``ω < 0``. The step
-  therefore matches ``n_ref + 1`` hand-written calls exactly, and any chain
-  around PROFIT (clipping, masking) sees every gradient.
+  ``(loss_fn, optimizer, options)`` and cached. Each sub-step computes the
+  gradient of ``loss_fn`` on its batch at the current parameters and calls
+  ``optimizer.update`` in the one-gradient-per-call mode of :func:`profit`,
+  with the phase given statically (``profit_phase``): the ``n_ref``
+  reference sub-steps run in a ``lax.scan``, then the main sub-step, with no
+  conditional on the phase, so that under ``jax.vmap`` (a sweep) the
+  reference sub-steps do no main-optimizer work. The step matches
+  ``n_ref + 1`` hand-written calls exactly, and any chain around PROFIT
+  (clipping, masking) sees every gradient.
+
+  With ``num_steps=K``, one call runs ``K`` PROFIT steps in a ``lax.scan``
+  (``K * (n_ref + 1)`` batches): one Python dispatch for ``K`` steps, and
+  the metrics of every step, stacked on a leading axis of length ``K``.
 
   ``optimizer`` must contain a :func:`profit` transformation and ``opt_state``
   must be at a cycle boundary, as it is after ``init`` and after every
@@ -240,6 +300,10 @@ def profit_step(
     donate: donate ``params``, ``opt_state`` and ``model_state`` to the
       compiled step so that their buffers are reused (lower peak memory); the
       arrays passed in must not be used afterwards.
+    num_steps: ``None`` (default) for one PROFIT step, or an int ``K >= 1``
+      for ``K`` steps in one call: ``batches`` then yields ``K * (n_ref + 1)``
+      batches, or is stacked ``[K, n_ref + 1, ...]``, and every metric (and
+      ``aux``) gains a leading axis of length ``K``. Each ``K`` compiles once.
 
   Returns:
     A :class:`ProfitStepOutput` ``(params, opt_state, metrics, model_state,
@@ -264,6 +328,11 @@ def profit_step(
     ...   params, state = out.params, out.opt_state
     >>> out.metrics['loss'].shape
     (2,)
+    >>> many = iter([(jnp.eye(2), jnp.array([1.0, 2.0]))] * 8)
+    >>> out = profit_optax.profit_step(loss_fn, tx, params, state, many,
+    ...                                num_steps=4)
+    >>> out.metrics['loss'].shape, out.metrics['omega'].shape
+    ((4, 2), (4,))
 
   References:
     Chakravarthy et al., `PROFIT: A Specialized Optimizer for Deep Fine
@@ -284,10 +353,36 @@ def profit_step(
       " cached per pair); pass a plain function and an optax"
       " transformation."
     ) from e
+  if num_steps is not None and (
+    isinstance(num_steps, (bool, np.bool_))
+    or not isinstance(num_steps, numbers.Integral)
+    or num_steps < 1
+  ):
+    raise ValueError(
+      "`num_steps` must be None (one PROFIT step) or an int >= 1 (that many"
+      f" PROFIT steps in one call); got {num_steps!r}."
+    )
   state = find_profit_state(opt_state)
-  n = int(state.n_ref.value) + 1
-  stacked = _stack_batches(batches, n)
+  if isinstance(state.delta, optax.EmptyState):
+    raise TypeError(
+      "`profit_step` drives PROFIT one gradient per call, but `optimizer`"
+      " was built with `opaque_mode=True`: build it with the default"
+      " `opaque_mode=False`."
+    )
+  n_ref = int(state.n_ref.value)
+  stacked = _stack_batches(batches, n_ref + 1, num_steps)
   core = _build_core(
-    loss_fn, optimizer, bool(has_aux), model_state is not None, bool(donate)
+    loss_fn,
+    optimizer,
+    n_ref,
+    bool(has_aux),
+    model_state is not None,
+    bool(donate),
   )
-  return core(params, opt_state, model_state, stacked)
+  out = core(params, opt_state, model_state, stacked)
+  if num_steps is None:  # one step: drop the leading axis of length 1
+    out = out._replace(
+      metrics=jax.tree.map(lambda x: x[0], out.metrics),
+      aux=jax.tree.map(lambda x: x[0], out.aux),
+    )
+  return out

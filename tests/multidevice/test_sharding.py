@@ -1,5 +1,6 @@
-"""PROFIT on a mesh of 8 devices: same trajectory as one device, the anchor
-keeps the parameters' sharding, and the update gathers no parameters."""
+"""PROFIT on a mesh of 8 devices: same trajectory as one device, the stored
+displacement Δ keeps the parameters' sharding, and the update gathers no
+parameters."""
 
 import chex
 import jax
@@ -114,6 +115,7 @@ def test_sharded_matches_single_device(mesh, layout, n_ref):
 
 def _check_sharded_matches_single_device(mesh, layout, n_ref):
   tx = profit_optax.profit(optax.adam(1e-2), 1e-3, n_ref=n_ref)
+  opaque = profit_optax.profit(optax.adam(1e-2), 1e-3, n_ref, opaque_mode=True)
   n = n_ref + 1
   data = jax.tree.map(lambda x: x.astype(jnp.float64), batches(STEPS * n))
   params = jax.tree.map(
@@ -132,7 +134,7 @@ def _check_sharded_matches_single_device(mesh, layout, n_ref):
   want, want_state = run_per_call(tx, params, data)
   for got, state in (
     run_per_call(tx, sharded, data, per_batch),
-    run_whole_step(tx, sharded, data, n, per_stack),
+    run_whole_step(opaque, sharded, data, n, per_stack),
     run_profit_step(tx, sharded, data, per_batch),
   ):
     chex.assert_trees_all_close(got, want, rtol=1e-9, atol=1e-11)
@@ -143,24 +145,26 @@ def _check_sharded_matches_single_device(mesh, layout, n_ref):
       assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim)
 
 
-def test_anchor_takes_the_parameter_sharding(mesh):
+def test_delta_takes_the_parameter_sharding(mesh):
   tx = profit_optax.profit(optax.adam(1e-2), 1e-3)
   params = init_params(jax.random.PRNGKey(0))
   shardings = fsdp_sharding(mesh, params)
   sharded = jax.device_put(params, shardings)
   state = jax.jit(tx.init)(sharded)
   for leaf, sharding in zip(
-    jax.tree.leaves(state.anchor), jax.tree.leaves(shardings)
+    jax.tree.leaves(state.delta), jax.tree.leaves(shardings)
   ):
     assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim)
-  # After a reference call the anchor holds the parameters, still sharded.
-  _, state = run_per_call(tx, sharded, batches(1))
+  # After a reference call Δ holds the displacement, still sharded.
+  moved, state = run_per_call(tx, sharded, batches(1))
   assert int(state.count) == 1
   for leaf, sharding in zip(
-    jax.tree.leaves(state.anchor), jax.tree.leaves(shardings)
+    jax.tree.leaves(state.delta), jax.tree.leaves(shardings)
   ):
     assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim)
-  chex.assert_trees_all_close(state.anchor, params)
+  chex.assert_trees_all_close(
+    state.delta, jax.tree.map(jnp.subtract, moved, params), atol=1e-6
+  )
 
 
 def test_init_from_shape_dtype_struct(mesh):
@@ -179,10 +183,10 @@ def test_init_from_shape_dtype_struct(mesh):
   chex.assert_trees_all_equal_shapes_and_dtypes(shapes, concrete)
   # A state laid out from the abstract one, as a sharded restore would be.
   out_shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), shapes)
-  out_shardings = out_shardings._replace(anchor=shardings)
+  out_shardings = out_shardings._replace(delta=shardings)
   state = jax.jit(tx.init, out_shardings=out_shardings)(params)
   for leaf, sharding in zip(
-    jax.tree.leaves(state.anchor), jax.tree.leaves(shardings)
+    jax.tree.leaves(state.delta), jax.tree.leaves(shardings)
   ):
     assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim)
 
