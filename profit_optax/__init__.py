@@ -6,23 +6,35 @@ reference optimizer, then takes the main optimizer's step from the anchor with
 the new gradient stripped of its component against the exploration.
 """
 
+from profit_optax._src.ftp import FTPState as FTPState
+from profit_optax._src.ftp import ftp as ftp
+from profit_optax._src.l2sp import L2SPState as L2SPState
+from profit_optax._src.l2sp import l2sp as l2sp
 from profit_optax._src.profit import ProfitDiagnostics as ProfitDiagnostics
 from profit_optax._src.profit import ProfitState as ProfitState
 from profit_optax._src.profit import find_profit_state as find_profit_state
 from profit_optax._src.profit import get_diagnostics as get_diagnostics
 from profit_optax._src.profit import profit as profit
+from profit_optax._src.spd import SPDState as SPDState
+from profit_optax._src.spd import spd as spd
 from profit_optax._src.step import ProfitStepOutput as ProfitStepOutput
 from profit_optax._src.step import profit_step as profit_step
 
 __version__ = "0.1.0"
 
 __all__ = [
+  "FTPState",
+  "L2SPState",
   "ProfitDiagnostics",
   "ProfitState",
   "ProfitStepOutput",
+  "SPDState",
   "__version__",
   "find_profit_state",
+  "ftp",
   "get_diagnostics",
+  "l2sp",
   "profit",
   "profit_step",
+  "spd",
 ]
