@@ -19,6 +19,8 @@ from profit_optax._src.spd import SPDState as SPDState
 from profit_optax._src.spd import spd as spd
 from profit_optax._src.step import ProfitStepOutput as ProfitStepOutput
 from profit_optax._src.step import profit_step as profit_step
+from profit_optax._src.warmup import ProfitWarmupState as ProfitWarmupState
+from profit_optax._src.warmup import profit_warmup as profit_warmup
 
 __version__ = "0.1.0"
 
@@ -28,6 +30,7 @@ __all__ = [
   "ProfitDiagnostics",
   "ProfitState",
   "ProfitStepOutput",
+  "ProfitWarmupState",
   "SPDState",
   "__version__",
   "find_profit_state",
@@ -36,5 +39,6 @@ __all__ = [
   "l2sp",
   "profit",
   "profit_step",
+  "profit_warmup",
   "spd",
 ]

@@ -180,6 +180,32 @@ def _vdot(a: Params, b: Params) -> float:
   return float(sum(np.vdot(a[k], b[k]) for k in a))
 
 
+def _second_moment(main, grads: Params) -> Params:
+  """The main optimizer's bias-corrected second moment, g**2 where it is 0."""
+  nu = getattr(main, "nu", None)
+  count = getattr(main, "count", None)
+  out = {}
+  for k, g in grads.items():
+    if nu is None:
+      v = np.zeros_like(g)
+    elif count is None:
+      v = nu[k]
+    else:
+      v = nu[k] / (1 - main.b2**count) if count > 0 else nu[k]
+    out[k] = np.where(v > 0, v, g**2)
+  return out
+
+
+def _trust_scale(delta: Params, step: Params, radius: float) -> float:
+  """The largest s in [0, 1] with ||delta + s step|| <= radius."""
+  moved = _tree(np.add, delta, step)
+  if np.sqrt(_vdot(moved, moved)) <= radius:
+    return 1.0
+  a, b, c = _vdot(step, step), _vdot(delta, step), _vdot(delta, delta)
+  c -= radius**2
+  return float((-b + np.sqrt(b * b - a * c)) / a)
+
+
 def profit_reference(
   params: Params,
   main: NumpySGD | NumpyRMSProp | NumpyAdam,
@@ -187,18 +213,41 @@ def profit_reference(
   n_ref: int,
   batches: Iterator[tuple[np.ndarray, np.ndarray]],
   steps: int,
+  *,
+  groups: list[list[str]] | None = None,
+  trust_radius: float | None = None,
+  precondition: bool = False,
+  eps: float = 1e-8,
 ) -> tuple[Params, list[StepRecord]]:
-  """Runs ``steps`` PROFIT steps as Algorithm 1 states them."""
+  """Runs ``steps`` PROFIT steps as Algorithm 1 states them.
+
+  The options change Algorithm 1 as profit_optax documents them:
+  ``groups`` (lists of parameter names) computes omega and the projection
+  per group; ``trust_radius`` scales each reference step so that
+  ``||delta|| <= trust_radius * ||anchor||``; ``precondition`` divides the
+  reference gradient by ``sqrt(nu_hat) + eps``, ``nu_hat`` the main
+  optimizer's bias-corrected second moment (``g**2`` where it is zero).
+  """
+  groups = groups or [list(params)]
   theta = {k: v.copy() for k, v in params.items()}
   records = []
   for _ in range(steps):
     losses = []
     anchor = {k: v.copy() for k, v in theta.items()}  # line 2
     delta = {k: np.zeros_like(v) for k, v in theta.items()}
+    radius = None
+    if trust_radius is not None:
+      radius = trust_radius * np.sqrt(_vdot(anchor, anchor))
     for _ in range(n_ref):  # lines 3-6: reference steps, plain SGD
       loss, g = mlp_loss_and_grad(theta, *next(batches))
       losses.append(loss)
+      if precondition:
+        v = _second_moment(main, g)
+        g = {k: g[k] / (np.sqrt(v[k]) + eps) for k in g}
       step = {k: -lr_ref * gi for k, gi in g.items()}
+      if radius is not None:
+        s = _trust_scale(delta, step, radius)
+        step = {k: s * u for k, u in step.items()}
       theta = _tree(np.add, theta, step)
       delta = _tree(np.add, delta, step)
     # Line 7, Δ = θ - anchor, taken as the sum of the reference steps, which
@@ -216,10 +265,16 @@ def profit_reference(
     dd = _vdot(delta, delta)
     gg = _vdot(g, g)
     cos = omega / np.sqrt(dd * gg) if dd > 0 and gg > 0 else 0.0
-    projected = omega < 0 and dd > 0
-    if projected:  # lines 10-12: remove g's component along delta
-      coef = _vdot(g, delta) / dd
-      g = {k: g[k] - coef * delta[k] for k in g}
+    projected = False
+    g = dict(g)
+    for keys in groups:  # lines 10-12, per group: remove g's part along Δ
+      dg = {k: delta[k] for k in keys}
+      gk = {k: g[k] for k in keys}
+      omega_k, dd_k = _vdot(dg, gk), _vdot(dg, dg)
+      if omega_k < 0 and dd_k > 0:
+        projected = True
+        for k in keys:
+          g[k] = g[k] - (omega_k / dd_k) * delta[k]
     theta = anchor  # line 13
     theta = main.step(theta, g)  # line 14
     records.append(

@@ -87,7 +87,10 @@ class ProfitDiagnostics(NamedTuple):
     delta_norm: ``‖Δ‖``, the Euclidean norm of the reference displacement.
 
   Read them with :func:`get_diagnostics` from any state that contains PROFIT,
-  or from the ``metrics`` of :func:`profit_step`.
+  or from the ``metrics`` of :func:`profit_step`. With ``projection_groups``
+  (per-layer PROFIT) they stay global: ``omega`` is the sum of the groups'
+  ``ω_k`` (the global ``ω``), ``cos`` and ``delta_norm`` are global, and
+  ``projected`` is whether any group was projected.
 
   Examples:
     A reference step that overshoots the minimum of ``p**2 / 2``: the gradient
@@ -406,6 +409,63 @@ def _check_same_tree(
       )
 
 
+def _check_options(
+  projection_groups: Any,
+  ref_trust_radius: Any,
+  ref_preconditioner: Any,
+  b2: Any,
+  eps: Any,
+  ref_optimizer: Any,
+) -> None:
+  """Checks the options that stabilise and localise PROFIT."""
+  if isinstance(projection_groups, str) and projection_groups != "leaf":
+    raise ValueError(
+      "`projection_groups` must be None (one global projection, Algorithm"
+      " 1), 'leaf' (one per parameter leaf), a pytree of labels or a"
+      f" callable params -> labels; got the string {projection_groups!r}."
+    )
+  if ref_trust_radius is not None and not isinstance(
+    ref_trust_radius, jax.core.Tracer
+  ):
+    if not _is_concrete_number(ref_trust_radius):
+      raise TypeError(
+        "`ref_trust_radius` must be None or a float r > 0 (the bound on"
+        " ‖Δ‖ relative to ‖anchor‖, e.g. 1e-3); got"
+        f" {ref_trust_radius!r}."
+      )
+    r = float(ref_trust_radius)
+    if not (np.isfinite(r) and r > 0):
+      raise ValueError(
+        "`ref_trust_radius` must be finite and > 0 (the bound on ‖Δ‖"
+        f" relative to ‖anchor‖, e.g. 1e-3); got {r!r}."
+      )
+  if ref_preconditioner is None:
+    return
+  if ref_preconditioner != "main":
+    raise ValueError(
+      "`ref_preconditioner` must be None (plain SGD, Algorithm 1) or 'main'"
+      " (precondition by the main optimizer's second moment); got"
+      f" {ref_preconditioner!r}."
+    )
+  if ref_optimizer is not None:
+    raise ValueError(
+      "`ref_preconditioner='main'` preconditions the default SGD reference"
+      " step: pass `ref_learning_rate` instead of `ref_optimizer`, or drop"
+      " `ref_preconditioner`."
+    )
+  for name, v, ok in (
+    ("ref_preconditioner_b2", b2, lambda x: 0 <= x < 1),
+    ("ref_preconditioner_eps", eps, lambda x: x > 0),
+  ):
+    if isinstance(v, jax.core.Tracer):
+      continue  # injected by optax.inject_hyperparams
+    if not _is_concrete_number(v) or not ok(float(v)):
+      raise ValueError(
+        f"`{name}` must be a float {'in [0, 1)' if 'b2' in name else '> 0'}"
+        f" matching the main optimizer's; got {v!r}."
+      )
+
+
 # --------------------------------------------------------------------------
 # Tree maths
 # --------------------------------------------------------------------------
@@ -448,6 +508,11 @@ def _tree_vdot(a: Any, b: Any) -> jax.Array:
     return jnp.zeros((), jnp.float32)
   dtype = jnp.result_type(*parts)
   return sum((p.astype(dtype) for p in parts), jnp.zeros((), dtype))
+
+
+def _tree_norm(tree: Any) -> jax.Array:
+  """The global Euclidean norm, accumulated in at least float32."""
+  return jnp.sqrt(_tree_vdot(tree, tree))
 
 
 def _tree_all_finite(tree: Any) -> jax.Array:
@@ -506,6 +571,11 @@ class _Config(NamedTuple):
   ref_learning_rate: optax.ScalarOrSchedule | None
   n_ref: int
   delta_dtype: Any | None
+  projection_groups: Any = None
+  ref_trust_radius: float | None = None
+  ref_preconditioner: str | None = None
+  ref_preconditioner_b2: float = 0.999
+  ref_preconditioner_eps: float = 1e-8
 
 
 def _ref_init(cfg: _Config, params: optax.Params) -> optax.OptState:
@@ -514,12 +584,107 @@ def _ref_init(cfg: _Config, params: optax.Params) -> optax.OptState:
   return cfg.ref_optimizer.init(params)
 
 
+def _is_nu_state(x: Any) -> bool:
+  return isinstance(x, tuple) and "nu" in getattr(x, "_fields", ())
+
+
+def _find_nu(inner_state: optax.OptState, params: optax.Params) -> Any:
+  """The one state in ``inner_state`` with a ``nu`` field over ``params``.
+
+  Raises a ``ValueError`` naming the fix when there is none, or several.
+  """
+  found = [
+    x
+    for x in jax.tree_util.tree_leaves(inner_state, is_leaf=_is_nu_state)
+    if _is_nu_state(x)
+    and jax.tree_util.tree_structure(x.nu)
+    == jax.tree_util.tree_structure(params)
+  ]
+  if len(found) != 1:
+    raise ValueError(
+      "`ref_preconditioner='main'` reads the main optimizer's second-moment"
+      " estimate `nu` (a state such as optax.ScaleByAdamState with one `nu`"
+      " leaf per parameter), but the state of `optimizer` holds"
+      f" {len(found) or 'no'} such estimate{'s' if len(found) > 1 else ''}."
+      " Use an Adam-like main optimizer (optax.adam, optax.adamw, a chain"
+      " with one of them), or `ref_preconditioner=None`."
+    )
+  return found[0]
+
+
+def _second_moment(cfg: _Config, state: ProfitState, params: Any) -> Any:
+  """``ν̂``, the main optimizer's bias-corrected second moment, per leaf.
+
+  In the accumulation dtype. The bias correction ``1 - b2**count`` applies
+  when the state holding ``nu`` has a ``count`` (Adam); at ``count == 0``
+  ``nu`` is returned as it is (zero).
+  """
+  node = _find_nu(state.inner_state, params)
+  acc = _tree_acc_dtype(params)
+  corr = jnp.ones((), acc)
+  if "count" in node._fields:
+    b2 = jnp.asarray(cfg.ref_preconditioner_b2, acc)
+    corr = jnp.where(node.count > 0, 1 - b2 ** node.count.astype(acc), corr)
+  return jax.tree.map(lambda n: n.astype(acc) / corr, node.nu)
+
+
+def _sgd_update(
+  cfg: _Config, grads: Any, lr: Any, nu_hat: Any, finite: jax.Array
+) -> Any:
+  """``-lr g``, or ``-lr g / (sqrt(ν̂) + eps)`` when preconditioned.
+
+  Where ``ν̂`` is zero (before the main optimizer's first step) ``g²``
+  stands in for it. Zero where ``finite`` is False (a select).
+  """
+
+  def one(g, n):
+    g32 = g.astype(_acc_dtype(g.dtype))
+    if n is not None:
+      n = n.astype(g32.dtype)
+      v = jnp.where(n > 0, n, g32 * g32)
+      g32 = g32 / (jnp.sqrt(v) + cfg.ref_preconditioner_eps)
+    return jnp.where(finite, -lr * g32, 0.0).astype(g.dtype)
+
+  if nu_hat is None:
+    return jax.tree.map(lambda g: one(g, None), grads)
+  return jax.tree.map(one, grads, nu_hat)
+
+
+def _within_radius(delta: Any, updates: Any, radius: jax.Array) -> Any:
+  """``updates`` scaled by the largest ``s`` in ``[0, 1]`` such that
+  ``‖Δ + s u‖ <= radius`` (global norms; ``Δ`` is inside the ball).
+
+  ``s`` is the root of ``a s² + 2 b s + c = 0`` (``a = ‖u‖²``,
+  ``b = <Δ, u>``, ``c = ‖Δ‖² - radius² <= 0``), in the form that avoids
+  cancellation for either sign of ``b``.
+  """
+  a = _tree_vdot(updates, updates)
+  b = _tree_vdot(delta, updates)
+  dd = _tree_vdot(delta, delta)
+  r2 = jnp.square(radius.astype(a.dtype))
+  outside = dd + 2 * b + a > r2
+  c = jnp.minimum(dd - r2, 0)
+  disc = jnp.sqrt(jnp.maximum(b * b - a * c, 0))
+  num = jnp.where(b >= 0, -c, disc - b)
+  den = jnp.where(b >= 0, b + disc, a)
+  s = jnp.where(den > 0, num / jnp.where(den > 0, den, 1), 0)
+  s = jnp.where(outside, jnp.clip(s, 0, 1), 1)
+  return jax.tree.map(
+    lambda u: (
+      s.astype(_acc_dtype(u.dtype)) * u.astype(_acc_dtype(u.dtype))
+    ).astype(u.dtype),
+    updates,
+  )
+
+
 def _reference_step(
   cfg: _Config,
   grads: optax.Updates,
   ref_state: optax.OptState,
   params: optax.Params,
-  step: jax.Array,
+  state: ProfitState,
+  delta: Any,
+  radius: jax.Array | None,
   finite: jax.Array,
   extra_args: dict[str, Any],
 ) -> tuple[optax.Updates, optax.OptState]:
@@ -528,60 +693,137 @@ def _reference_step(
   Returns the update (in each parameter's dtype) and the new reference
   state. A select, not a ``lax.cond``: the default SGD step is one fused
   elementwise pass, and ``jnp.where`` never lets a NaN of the unchosen side
-  through.
+  through. ``state`` gives the step count (for the rate's schedule) and the
+  main optimizer's state (for ``ref_preconditioner``). With a trust radius,
+  ``delta`` is the cycle's ``Δ`` so far and ``radius`` the bound on
+  ``‖Δ‖``; the update is scaled to keep ``Δ`` inside it.
   """
   if cfg.ref_optimizer is None:
     lr = cfg.ref_learning_rate
-    lr = lr(step) if callable(lr) else lr
-    updates = jax.tree.map(
-      lambda g: jnp.where(
-        finite, -lr * g.astype(_acc_dtype(g.dtype)), 0.0
-      ).astype(g.dtype),
-      grads,
+    lr = lr(state.step) if callable(lr) else lr
+    nu_hat = None
+    if cfg.ref_preconditioner is not None:
+      nu_hat = _second_moment(cfg, state, params)
+    updates = _sgd_update(cfg, grads, lr, nu_hat, finite)
+  else:
+    updates, new_state = cfg.ref_optimizer.update(
+      grads, ref_state, params, **extra_args
     )
-    return updates, ref_state
-  updates, new_state = cfg.ref_optimizer.update(
-    grads, ref_state, params, **extra_args
+    updates = jax.tree.map(
+      lambda u, p: jnp.where(finite, u, 0.0).astype(p.dtype), updates, params
+    )
+    ref_state = optax.tree.where(
+      finite, _match_state_types(new_state, ref_state), ref_state
+    )
+  if radius is not None:
+    updates = _within_radius(delta, updates, radius)
+  return updates, ref_state
+
+
+def _group_ids(groups: Any, tree: Any) -> tuple[Any, Any] | None:
+  """The static grouping of ``tree``'s leaves for ``projection_groups``.
+
+  Returns ``None`` for one global group, else ``(leaf_group, members)``: the
+  group index of each leaf, and the leaf indices of each group (in order of
+  first appearance). Raises a ``ValueError`` naming ``projection_groups``
+  for labels that do not fit ``tree``, or are not hashable.
+  """
+  leaves = jax.tree_util.tree_leaves(tree)
+  if groups is None or not leaves:
+    return None
+  if isinstance(groups, str):  # "leaf", checked by profit()
+    return tuple(range(len(leaves))), tuple((i,) for i in range(len(leaves)))
+  labels = groups(tree) if callable(groups) else groups
+  label_def = jax.tree_util.tree_structure(labels)
+  try:
+    subtrees = label_def.flatten_up_to(tree)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+      "`projection_groups` must give one label per parameter leaf: a pytree"
+      " with the structure of the parameters (or a prefix of it), or a"
+      " callable params -> such a pytree, as optax.multi_transform's"
+      f" `param_labels`. Got labels {label_def} for parameters"
+      f" {jax.tree_util.tree_structure(tree)}. Build the labels with"
+      " jax.tree.map over the parameters."
+    ) from e
+  leaf_labels = [
+    label
+    for label, sub in zip(jax.tree_util.tree_leaves(labels), subtrees)
+    for _ in jax.tree_util.tree_leaves(sub)
+  ]
+  index: dict[Any, int] = {}
+  for x in leaf_labels:
+    try:
+      index.setdefault(x, len(index))
+    except TypeError as e:
+      raise ValueError(
+        "`projection_groups` labels must be hashable (strings or ints, as"
+        " in optax.multi_transform's `param_labels`); got a label of type"
+        f" {type(x).__name__}. Use e.g. each layer's name as its label."
+      ) from e
+  leaf_group = tuple(index[x] for x in leaf_labels)
+  members: list[list[int]] = [[] for _ in index]
+  for i, k in enumerate(leaf_group):
+    members[k].append(i)
+  return leaf_group, tuple(tuple(m) for m in members)
+
+
+def _group_vdot(a: Any, b: Any, members: Any) -> jax.Array:
+  """``<a, b>`` per group of leaves, in at least float32: one entry a group.
+
+  ``members is None`` is one global group (:func:`_tree_vdot`).
+  """
+  if members is None:
+    return _tree_vdot(a, b)[None]
+  parts = [
+    _tree_vdot(x, y)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+  ]
+  dtype = jnp.result_type(*parts)
+  zero = jnp.zeros((), dtype)
+  return jnp.stack(
+    [sum((parts[i].astype(dtype) for i in m), zero) for m in members]
   )
-  updates = jax.tree.map(
-    lambda u, p: jnp.where(finite, u, 0.0).astype(p.dtype), updates, params
-  )
-  new_state = optax.tree.where(
-    finite, _match_state_types(new_state, ref_state), ref_state
-  )
-  return updates, new_state
 
 
 def _project(
-  grads: optax.Updates, delta: Any
+  cfg: _Config, grads: optax.Updates, delta: Any
 ) -> tuple[optax.Updates, ProfitDiagnostics]:
   """Step 3 of Algorithm 1: ``ω``, and the projection of ``g`` when ``ω < 0``.
 
   Returns the (possibly projected) gradient and the diagnostics. The three
   inner products are one fused pass over ``g`` and ``Δ``; the projection is
-  a select, fused into the main optimizer's pass.
+  a select, fused into the main optimizer's pass. With ``projection_groups``
+  the three are vectors with one entry per group, and each leaf is projected
+  with its group's coefficient; the diagnostics stay global (``omega`` is
+  the sum over the groups, ``projected`` whether any group was).
   """
-  omega = _tree_vdot(delta, grads)
-  dd = _tree_vdot(delta, delta)
-  gg = _tree_vdot(grads, grads)
+  groups = _group_ids(cfg.projection_groups, grads)
+  g_leaves, treedef = jax.tree_util.tree_flatten(grads)
+  d_leaves = jax.tree_util.tree_leaves(delta)
+  leaf_group, members = groups or ((0,) * len(g_leaves), None)
+  omega = _group_vdot(delta, grads, members)
+  dd = _group_vdot(delta, delta, members)
+  gg = _group_vdot(grads, grads, members)
   projected = jnp.logical_and(omega < 0, dd > 0)
   coef = jnp.where(projected, omega / jnp.where(projected, dd, 1.0), 0.0)
-  grads = jax.tree.map(
-    lambda g, d: jnp.where(
-      projected,
-      g.astype(coef.dtype) - coef * d.astype(coef.dtype),
+  out = [
+    jnp.where(
+      projected[k],
+      g.astype(coef.dtype) - coef[k] * d.astype(coef.dtype),
       g.astype(coef.dtype),
-    ).astype(g.dtype),
-    grads,
-    delta,
-  )
+    ).astype(g.dtype)
+    for g, d, k in zip(g_leaves, d_leaves, leaf_group)
+  ]
+  grads = jax.tree_util.tree_unflatten(treedef, out)
+  omega, dd, gg = omega.sum(), dd.sum(), gg.sum()
   denom = jnp.sqrt(dd) * jnp.sqrt(gg)
   cos = jnp.where(denom > 0, omega / jnp.where(denom > 0, denom, 1.0), 0.0)
   dtype = jnp.result_type(omega, dd, gg)
   diagnostics = ProfitDiagnostics(
     omega=omega.astype(dtype),
     cos=cos.astype(dtype),
-    projected=projected,
+    projected=jnp.any(projected),
     delta_norm=jnp.sqrt(dd).astype(dtype),
   )
   return grads, diagnostics
@@ -605,7 +847,7 @@ def _main_step(
   returns a zero update and keeps the main optimizer's state, by selects
   (no data-dependent conditional on this path).
   """
-  grads, diagnostics = _project(grads, delta)
+  grads, diagnostics = _project(cfg, grads, delta)
   updates, inner_state = cfg.optimizer.update(
     grads, state.inner_state, anchor, **extra_args
   )
@@ -657,8 +899,24 @@ def _reference_call(
   """
   first = state.count == 0
   finite = jnp.logical_and(jnp.logical_or(first, state.finite), grads_finite)
+  delta, radius = None, None
+  if cfg.ref_trust_radius is not None:
+    # Δ so far (zero on a cycle's first call) and the radius around the
+    # anchor ``params - Δ``.
+    delta = jax.tree.map(
+      lambda d: jnp.where(first, jnp.zeros_like(d), d), state.delta
+    )
+    radius = cfg.ref_trust_radius * _tree_norm(_anchor_of(params, delta))
   updates, ref_state = _reference_step(
-    cfg, grads, state.ref_state, params, state.step, finite, extra_args
+    cfg,
+    grads,
+    state.ref_state,
+    params,
+    state,
+    delta,
+    radius,
+    finite,
+    extra_args,
   )
   new_state = state._replace(
     count=state.count + 1, ref_state=ref_state, finite=finite
@@ -782,7 +1040,7 @@ def _whole_step(
     theta, delta, ref_state, g, finite = carry
     finite = jnp.logical_and(finite, _tree_all_finite(g))
     u, ref_state = _reference_step(
-      cfg, g, ref_state, theta, state.step, finite, extra_args
+      cfg, g, ref_state, theta, state, delta, radius, finite, extra_args
     )
     theta = optax.apply_updates(theta, u)
     delta = jax.tree.map(lambda d, ui: d + ui.astype(d.dtype), delta, u)
@@ -799,6 +1057,9 @@ def _whole_step(
   delta0 = jax.tree.map(
     lambda p: jnp.zeros(p.shape, cfg.delta_dtype or p.dtype), params
   )
+  radius = None
+  if cfg.ref_trust_radius is not None:
+    radius = cfg.ref_trust_radius * _tree_norm(params)
   carry = (
     params,
     delta0,
@@ -830,6 +1091,11 @@ def profit(
   opaque_mode: bool = False,
   delta_dtype: Any | None = None,
   anchor_dtype: Any | None = None,
+  projection_groups: Any = None,
+  ref_trust_radius: float | None = None,
+  ref_preconditioner: str | None = None,
+  ref_preconditioner_b2: float = 0.999,
+  ref_preconditioner_eps: float = 1e-8,
 ) -> optax.GradientTransformationExtraArgs:
   r"""PROFIT: proximal fine-tuning around a main optimizer.
 
@@ -934,6 +1200,34 @@ def profit(
       steps exact at twice the memory.
     anchor_dtype: deprecated alias of ``delta_dtype`` (the state keeps ``Δ``,
       not the anchor, since version 0.2).
+    projection_groups: ``None`` (default) for one global ``ω`` and projection
+      (Algorithm 1); ``"leaf"`` for one per parameter leaf; or labels that
+      group the leaves, as ``optax.multi_transform``'s ``param_labels``: a
+      pytree of hashable labels with the structure of the parameters (or a
+      prefix of it), or a callable ``params -> labels``. Each group's
+      gradient is projected with its own ``ω_k = <Δ_k, g_k>``. The
+      diagnostics stay global: ``omega`` is the sum of the ``ω_k`` (the
+      global ``ω``), ``cos`` and ``delta_norm`` are global, and ``projected``
+      is whether any group was projected.
+    ref_trust_radius: ``None`` (default), or ``r > 0``: each reference update
+      ``u`` is scaled by the largest ``s ≤ 1`` that keeps the cycle's
+      displacement within ``‖Δ + s u‖ ≤ r ‖θ_a‖`` (global norms, relative to
+      the anchor's norm, so ``r`` is dimensionless; an anchor at zero does
+      not move). The update returned, and summed into ``Δ``, is the scaled
+      one.
+    ref_preconditioner: ``None`` (default, plain SGD) or ``"main"``: the
+      reference step is ``-ref_learning_rate * g / (sqrt(ν̂) + eps)``, with
+      ``ν̂ = ν / (1 - b2**count)`` the bias-corrected second moment of the
+      main optimizer's state (the one state with a ``nu`` field, e.g.
+      ``optax.ScaleByAdamState``; ``ν`` as it is when that state has no
+      ``count``, as RMSProp's). ``ref_learning_rate`` is then a step size
+      per coordinate, like the main Adam's rate. Where ``ν̂`` is zero (before
+      the main optimizer's first step) ``g²`` stands in for it, so that the
+      first reference step is about ``-ref_learning_rate * sign(g)``, as
+      Adam's first step. Only with the default reference optimizer.
+    ref_preconditioner_b2: the main optimizer's ``b2``, for the bias
+      correction of ``ν`` (``optax.adam``'s default 0.999); in ``[0, 1)``.
+    ref_preconditioner_eps: the ``eps`` added to ``sqrt(ν̂)`` (> 0).
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs` whose state is a
@@ -945,9 +1239,16 @@ def profit(
   Raises:
     TypeError: if ``optimizer`` or ``ref_optimizer`` is not a transformation,
       ``n_ref`` is not an int, ``ref_learning_rate`` is not a number or a
-      schedule, or a dtype is not a floating dtype.
-    ValueError: if ``n_ref < 1``, a rate is negative or not finite, or
-      neither/both of ``ref_learning_rate`` and ``ref_optimizer`` are given.
+      schedule, a dtype is not a floating dtype, or ``ref_trust_radius`` is
+      not a number.
+    ValueError: if ``n_ref < 1``, a rate is negative or not finite,
+      neither/both of ``ref_learning_rate`` and ``ref_optimizer`` are given,
+      ``ref_trust_radius <= 0``, ``ref_preconditioner`` is not ``"main"``
+      or comes with ``ref_optimizer``, or ``projection_groups`` is a string
+      other than ``"leaf"``. At ``init``: if the labels of
+      ``projection_groups`` do not fit the parameters or are not hashable,
+      or ``ref_preconditioner="main"`` finds no ``nu`` in the main
+      optimizer's state.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax, profit_optax
@@ -974,6 +1275,21 @@ def profit(
     >>> updates, state = tx.update(g(params, -1), state, params, grad_fn=g)
     >>> int(state.step), state.delta
     (1, EmptyState())
+
+    Per-layer projection, and a reference step kept stable where the new
+    task's curvature is high: preconditioned by the main Adam's second
+    moment and kept within 0.1 % of the anchor's norm.
+
+    >>> tx = profit_optax.profit(
+    ...     optax.adam(1e-3), ref_learning_rate=1e-4,
+    ...     projection_groups='leaf', ref_trust_radius=1e-3,
+    ...     ref_preconditioner='main')
+    >>> params = {'w': jnp.ones((2, 2)), 'b': jnp.zeros(2)}
+    >>> state = tx.init(params)
+    >>> grads = {'w': jnp.full((2, 2), 50.0), 'b': jnp.ones(2)}
+    >>> updates, state = tx.update(grads, state, params)  # a reference call
+    >>> print(updates['w'][0], updates['b'])  # -1e-4 * sign(g)
+    [-1.e-04 -1.e-04] [-1.e-04 -1.e-04]
 
   References:
     Chakravarthy et al., `PROFIT: A Specialized Optimizer for Deep Fine
@@ -1019,7 +1335,27 @@ def profit(
         " `ref_learning_rate=None` when giving `ref_optimizer`, and put the"
         " rate inside it."
       )
-  cfg = _Config(optimizer, ref_optimizer, ref_learning_rate, n_ref, delta_dtype)
+  _check_options(
+    projection_groups,
+    ref_trust_radius,
+    ref_preconditioner,
+    ref_preconditioner_b2,
+    ref_preconditioner_eps,
+    ref_optimizer,
+  )
+  cfg = _Config(
+    optimizer,
+    ref_optimizer,
+    ref_learning_rate,
+    n_ref,
+    delta_dtype,
+    projection_groups,
+    # As given: numbers, or tracers injected by optax.inject_hyperparams.
+    ref_trust_radius,
+    ref_preconditioner,
+    ref_preconditioner_b2,
+    ref_preconditioner_eps,
+  )
 
   def init_fn(params):
     _check_params(params)
@@ -1033,12 +1369,16 @@ def profit(
       delta = jax.tree.map(
         lambda p: _zeros_like_sharded(p, delta_dtype or p.dtype), params
       )
+    inner_state = optimizer.init(params)
+    _group_ids(projection_groups, params)  # raises for labels that misfit
+    if ref_preconditioner is not None:
+      _find_nu(inner_state, params)  # raises if there is no `nu`
     return ProfitState(
       count=jnp.zeros((), jnp.int32),
       step=jnp.zeros((), jnp.int32),
       delta=delta,
       ref_state=_ref_init(cfg, params),
-      inner_state=optimizer.init(params),
+      inner_state=inner_state,
       diagnostics=_zero_diagnostics(_tree_acc_dtype(params)),
       finite=jnp.ones((), jnp.bool_),
       skipped=jnp.zeros((), jnp.int32),
