@@ -142,14 +142,18 @@ def test_rounding_quick(tmp_path):
   from benchmarks.rounding import __main__ as rounding_cli
 
   records = rounding_cli.main(["--quick", "--no-cache", "--out", str(tmp_path)])
-  errors = {}
+  errors, kept = {}, {}
   for r in records:
     if r["metric"] == "delta_rel_error":
       errors.setdefault((r["arch"], r["shift"]), []).append(r["value"])
-  assert len(errors) == 4
-  for errs in errors.values():
-    # The smaller the reference step, the larger its share of rounding.
+    if r["metric"] == "kept_delta_rel_error":
+      kept.setdefault((r["arch"], r["shift"]), []).append(r["value"])
+  assert len(errors) == 4 and kept.keys() == errors.keys()
+  for key, errs in errors.items():
+    # The smaller the reference step, the larger its share of rounding in
+    # θ' - anchor; the Δ the package keeps is the step itself, rounded once.
     assert errs == sorted(errs) and errs[0] < 0.05
+    assert max(kept[key]) < 1e-6 < errs[-1]
 
 
 def test_pretraining_is_redone_with_its_curve_and_checked_against_the_cache(

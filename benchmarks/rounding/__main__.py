@@ -1,12 +1,15 @@
 """How much of PROFIT's displacement Δ survives float32 rounding.
 
 With ``n_ref = 1`` and the default SGD reference, Δ is exactly
-``-lr_ref * g`` in exact arithmetic; in float32 it is
+``-lr_ref * g`` in exact arithmetic. Written as Algorithm 1 writes it, the
+difference of the moved and the anchor parameters, in float32 it is
 ``fl(θ - lr_ref * g) - θ``, and once ``lr_ref * |g|`` nears the spacing of
-float32 numbers around the weights, Δ is mostly rounding. This measures the
-relative error ``‖Δ - (-lr_ref g)‖ / ‖lr_ref g‖`` and the cosine between the
-two, for the image benchmark's pretrained CNN and ViT on a batch of each
-shift's new task, at ``lr_main / lr_ref`` = 10 ... 10000 with AdamW at 1e-4.
+float32 numbers around the weights, Δ is mostly rounding. The package keeps
+Δ as the sum of the reference updates instead. This measures, for both, the
+relative error ``‖Δ - (-lr_ref g)‖ / ‖lr_ref g‖`` and the cosine between Δ
+and the exact step, for the image benchmark's pretrained CNN and ViT on a
+batch of each shift's new task, at ``lr_main / lr_ref`` = 10 ... 10000 with
+AdamW at 1e-4.
 
 Usage::
 
