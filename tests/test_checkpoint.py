@@ -75,3 +75,53 @@ def test_resume_at_every_point_of_a_cycle(tmp_path, n_ref):
     assert_bit_identical(got_params, want_params)
     assert_bit_identical(got_state, want_state)
   checkpointer.close()
+
+
+def test_a_0_1_checkpoint_fails_clearly_and_converts_as_the_changelog_says(
+  tmp_path,
+):
+  # Version 0.1 stored the anchor; 0.2 stores Δ. A 0.1 checkpoint taken
+  # mid-cycle (after the reference call) names the missing field when
+  # restored into a 0.2 target, and CHANGELOG's recipe rebuilds the state.
+  tx = profit_optax.profit(optax.adam(1e-2), 1e-3)
+  call = make_call(tx)
+  params0 = {"w": jnp.zeros(3), "b": jnp.zeros(())}
+  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  params, state = run(call, params0, tx.init(params0), keys[:1])
+  anchor = params0  # the reference call moved the params away from it
+  old = {
+    **{k: v for k, v in state._asdict().items() if k not in ("delta", "n_ref")},
+    "anchor": anchor,
+  }
+  checkpointer = ocp.StandardCheckpointer()
+  path = tmp_path / "v0_1"
+  checkpointer.save(path, {"params": params, "opt_state": old})
+  checkpointer.wait_until_finished()
+  target = jax.eval_shape(
+    lambda: {"params": params0, "opt_state": tx.init(params0)}
+  )
+  with pytest.raises(ValueError, match=r"'delta'.*not found.*'anchor'"):
+    checkpointer.restore(path, target)
+  # The recipe: restore into the 0.1 layout, then Δ = params - anchor.
+  fresh = tx.init(params0)
+  old_layout = {
+    k: v for k, v in fresh._asdict().items() if k not in ("delta", "n_ref")
+  }
+  old_layout["anchor"] = params0
+  raw = checkpointer.restore(
+    path,
+    jax.eval_shape(lambda: {"params": params0, "opt_state": old_layout}),
+  )
+  checkpointer.close()
+  fields = {k: v for k, v in raw["opt_state"].items() if k != "anchor"}
+  rebuilt = fresh._replace(
+    **fields,
+    delta=jax.tree.map(jnp.subtract, raw["params"], raw["opt_state"]["anchor"]),
+  )
+  got, _ = run(call, raw["params"], rebuilt, keys[1:])
+  want, _ = run(call, params, state, keys[1:])
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+    got,
+    want,
+  )

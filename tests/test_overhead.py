@@ -20,13 +20,17 @@ def test_overhead_quick(tmp_path):
     "per_call",
     "whole_step",
     "profit_step",
+    "profit_step_k",
     "naive_blend",
   ):
     assert math.isfinite(row["times"][drive]["ratio"])
   assert res["compiles"]["mlp"] == {"per_call": 1, "profit_step": 1}
+  for call in data["optimizer_only"].values():
+    if isinstance(call, dict):
+      assert call["passes"] > 0 and math.isfinite(call["ratio"])
   mem = res["memory"]["mlp"]
   if mem["base_peak_bytes"] is not None:
-    # The anchor is the only parameter-sized extra.
+    # Δ is the only parameter-sized extra.
     assert mem["extra_over_param_bytes"] <= 1.1
 
 

@@ -28,7 +28,6 @@ import jax
 from tqdm.auto import tqdm
 
 from benchmarks._common import report as rep
-from benchmarks.overhead.breakdown import main_call_breakdown
 from benchmarks.overhead.models import MODELS, n_params
 from benchmarks.overhead.report import to_markdown
 from benchmarks.overhead.run import (
@@ -73,10 +72,6 @@ def main(argv=None):
     )
   res["optimizer_only"] = optimizer_only(leaves, leaf, max(repeats, 3))
   res["optimizer_only_leaves"] = leaves
-  res["main_call_breakdown_ms"] = {
-    k: 1e3 * v
-    for k, v in main_call_breakdown(leaves, leaf, max(repeats, 3)).items()
-  }
   res["compile_steps"] = 4 if quick else 100
   for name in tqdm(models, desc="memory, compiles"):
     res["memory"][name] = memory(MODELS[name])

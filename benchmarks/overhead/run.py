@@ -104,20 +104,27 @@ def whole_step_loop(model: Model, tx, n: int):
   return loop
 
 
-def profit_step_runner(model: Model, tx, params, batches, n):
+def profit_step_runner(model: Model, tx, params, batches, n, per_call=True):
   """(first call seconds, runner): ``profit_step`` called from Python once
-  per PROFIT step."""
+  per PROFIT step (``per_call``), or once for all of them (``num_steps``)."""
   steps = jax.tree.leaves(batches)[0].shape[0] // n
-  chunks = [
-    jax.tree.map(lambda x, k=k: x[k * n : (k + 1) * n], batches)
-    for k in range(steps)
-  ]
+  if per_call:
+    chunks = [
+      jax.tree.map(lambda x, k=k: x[k * n : (k + 1) * n], batches)
+      for k in range(steps)
+    ]
+    kwargs = {}
+  else:
+    chunks = [
+      jax.tree.map(lambda x: x.reshape(steps, n, *x.shape[1:]), batches)
+    ]
+    kwargs = {"num_steps": steps}
   chunks = block(chunks)
 
   def run():
     p, s = params, tx.init(params)
     for chunk in chunks:
-      out = profit_optax.profit_step(model.loss, tx, p, s, chunk)
+      out = profit_optax.profit_step(model.loss, tx, p, s, chunk, **kwargs)
       p, s = out.params, out.opt_state
     return block(p)
 
@@ -154,6 +161,10 @@ def step_times(model: Model, n_ref: int, calls: int, rounds: int) -> dict:
     model, profit, params, batches, n
   )
   out["profit_step"] = {"first_call_s": first}
+  first, runners["profit_step_k"] = profit_step_runner(
+    model, profit, params, batches, n, per_call=False
+  )
+  out["profit_step_k"] = {"first_call_s": first, "num_steps": steps}
   times = interleaved(runners, rounds)
   for name, t in times.items():
     out[name]["step_s"] = statistics.median(t) / steps
@@ -162,52 +173,95 @@ def step_times(model: Model, n_ref: int, calls: int, rounds: int) -> dict:
   return out
 
 
-def optimizer_only(n_leaves: int, leaf_size: int, rounds: int) -> dict:
-  """One `update` of PROFIT (reference call, main call) vs the base's."""
+def optimizer_only(
+  n_leaves: int, leaf_size: int, rounds: int, calls: int = 10
+) -> dict:
+  """One optimizer call of PROFIT vs Adam's, in a jitted train step that
+  donates the parameters and the state (as a training loop does), with the
+  state carried from call to call.
+
+  The PROFIT calls are timed with the phase given statically
+  (``profit_phase``, as ``profit_step`` calls them) and read from the state
+  (the ``lax.cond`` of the per-call drive; the count is set before each
+  call so that every call is of the phase named). Besides the time: XLA's
+  own count of the bytes each compiled step accesses, in passes over the
+  parameters (a branch of a conditional is counted whether it runs or not),
+  and the parameter-sized copies XLA inserted.
+  """
   keys = jax.random.split(jax.random.PRNGKey(0), n_leaves)
   params = {
     f"p{i}": jax.random.normal(k, (leaf_size,)) for i, k in enumerate(keys)
   }
+  param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
   grads = jax.tree.map(lambda x: 0.01 * x, params)
   base = optax.adam(LR)
   profit = profit_optax.profit(optax.adam(LR), LR_REF)
   naive = naive_profit(optax.adam(LR), LR_REF)
-  state = profit.init(params)
-  main_state = state._replace(count=jnp.ones((), jnp.int32))
-  naive_main = naive.init(params)._replace(count=jnp.ones((), jnp.int32))
+  variants = {
+    "base_update": (base, None, {}),
+    "profit_reference_call": (profit, None, {"profit_phase": "reference"}),
+    "profit_main_call": (profit, None, {"profit_phase": "main"}),
+    "profit_reference_call_cond": (profit, 0, {}),
+    "profit_main_call_cond": (profit, 1, {}),
+    "naive_main_call": (naive, 1, {}),
+  }
   out, runners = {}, {}
-  for name, tx, s in (
-    ("base_update", base, base.init(params)),
-    ("profit_reference_call", profit, state),
-    ("profit_main_call", profit, main_state),
-    ("naive_main_call", naive, naive_main),
-  ):
-    compile_s, runners[name] = compiled_runner(tx.update, (grads, s, params))
-    out[name] = {"compile_s": compile_s}
-    # Parameter-sized copies XLA inserted: in a jitted train step that
-    # donates params and state, and in the scan body of a training loop.
-    out[name]["copies_step"] = _leaf_copies(
-      _donated_step(tx), (grads, s, params), leaf_size
-    )
+  for name, (tx, count, kwargs) in variants.items():
+    step = _donated_step(tx, count, **kwargs)
+    state = tx.init(params)
+    start = time.perf_counter()
+    compiled = step.lower(grads, params, state).compile()
+    out[name] = {"compile_s": time.perf_counter() - start}
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    out[name]["passes"] = cost["bytes accessed"] / param_bytes
+    out[name]["copies_step"] = _leaf_copies(compiled, leaf_size)
+    runners[name] = _carried_runner(compiled, grads, state, params, calls)
   times = interleaved(runners, rounds)
   for name, t in times.items():
-    out[name]["update_s"] = statistics.median(t)
+    out[name]["update_s"] = statistics.median(t) / calls
     out[name]["ratio"] = median_ratio(t, times["base_update"])
   out["n_params"] = n_leaves * leaf_size
   return out
 
 
-def _donated_step(tx):
-  def step(grads, state, params):
-    updates, state = tx.update(grads, state, params)
+def _donated_step(tx, count=None, **kwargs):
+  """A jitted train step (grads, params, state) -> (params, state) that
+  donates the parameters and the state; ``count`` fixes the state's count.
+
+  The donated arguments come in the order of the outputs: JAX pairs donated
+  buffers with outputs of the same shape in order, so a step that takes
+  ``(state, params)`` and returns ``(params, state)`` makes XLA copy buffers
+  around (for Adam alone, four copies per leaf).
+  """
+
+  def step(grads, params, state):
+    if count is not None:
+      state = state._replace(count=jnp.full((), count, jnp.int32))
+    updates, state = tx.update(grads, state, params, **kwargs)
     return optax.apply_updates(params, updates), state
 
   return jax.jit(step, donate_argnums=(1, 2))
 
 
-def _leaf_copies(jitted, args, leaf_size: int) -> int:
+def _carried_runner(compiled, grads, state, params, calls: int) -> Callable:
+  """A warmed-up runner of ``calls`` calls of ``compiled``, carrying the
+  (donated) parameters and state from call to call and across runs."""
+  carry = [jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, state)]
+
+  def run():
+    p, s = carry
+    for _ in range(calls):
+      p, s = compiled(grads, p, s)
+    carry[:] = [block(p), s]
+
+  run()  # warm-up
+  return run
+
+
+def _leaf_copies(compiled, leaf_size: int) -> int:
   """The number of copy instructions of one leaf's size in compiled HLO."""
-  text = jitted.lower(*args).compile().as_text()
+  text = compiled.as_text()
   return len(re.findall(rf"= f32\[{leaf_size}\]\{{0\}} copy\(", text))
 
 
@@ -271,7 +325,7 @@ def compile_count(model: Model, steps: int) -> dict:
     out = profit_optax.profit_step(model.loss, tx, p, s, batches)
     p, s = out.params, out.opt_state
   core = profit_optax._src.step._build_core(
-    model.loss, tx, 1, False, False, False
+    model.loss, tx, 1, False, False, False, True
   )
   return {"per_call": per_call, "profit_step": core._cache_size()}
 

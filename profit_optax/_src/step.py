@@ -106,11 +106,15 @@ def _build_core(
   has_aux: bool,
   with_model_state: bool,
   donate: bool,
+  single: bool = False,
 ):
   """Builds the jitted core once per (loss_fn, optimizer, options).
 
   The core runs ``K`` PROFIT steps (batches stacked ``[K, n_ref + 1, ...]``)
-  in a ``lax.scan``; inside each, the ``n_ref`` reference sub-steps are a
+  in a ``lax.scan``; with ``single``, one step (batches stacked
+  ``[n_ref + 1, ...]``, metrics without the leading axis), the axis added and
+  dropped inside the compiled program rather than by eager array operations
+  around it; inside each, the ``n_ref`` reference sub-steps are a
   ``lax.scan`` of calls with ``profit_phase="reference"`` and the main
   sub-step one call with ``profit_phase="main"``, so the phase is static:
   no conditional on it, and under ``jax.vmap`` the reference sub-steps do
@@ -168,9 +172,13 @@ def _build_core(
     return (params, opt_state, model_state), (metrics, aux)
 
   def core(params, opt_state, model_state, batches):
+    if single:
+      batches = jax.tree.map(lambda x: x[None], batches)
     (params, opt_state, model_state), (metrics, aux) = jax.lax.scan(
       one_step, (params, opt_state, model_state), batches
     )
+    if single:
+      metrics, aux = jax.tree.map(lambda x: x[0], (metrics, aux))
     return ProfitStepOutput(
       params,
       opt_state,
@@ -183,7 +191,7 @@ def _build_core(
 
 
 def _stack_batches(batches: Any, n: int, k: int | None) -> Any:
-  """Batches stacked ``[k, n, ...]`` (``[1, n, ...]`` when ``k`` is None).
+  """Batches stacked ``[k, n, ...]`` (``[n, ...]`` when ``k`` is None).
 
   Pulls them from an iterator, or checks an already stacked tree.
   """
@@ -218,7 +226,7 @@ def _stack_batches(batches: Any, n: int, k: int | None) -> Any:
         out = jnp.stack(xs)
       else:
         out = np.stack([np.asarray(x) for x in xs])
-      return out.reshape((k or 1, n) + out.shape[1:])
+      return out if k is None else out.reshape((k, n) + out.shape[1:])
 
     return jax.tree.map(stack, *pulled)
 
@@ -236,8 +244,6 @@ def _stack_batches(batches: Any, n: int, k: int | None) -> Any:
         f" leaf is stacked on {want}; got a leaf of shape {shape}. Wrap a"
         f" list of batches with iter(...), or stack exactly {lead} batches."
       )
-  if k is None:
-    return jax.tree.map(lambda x: x[None], batches)
   return batches
 
 
@@ -378,11 +384,6 @@ def profit_step(
     bool(has_aux),
     model_state is not None,
     bool(donate),
+    num_steps is None,
   )
-  out = core(params, opt_state, model_state, stacked)
-  if num_steps is None:  # one step: drop the leading axis of length 1
-    out = out._replace(
-      metrics=jax.tree.map(lambda x: x[0], out.metrics),
-      aux=jax.tree.map(lambda x: x[0], out.aux),
-    )
-  return out
+  return core(params, opt_state, model_state, stacked)
