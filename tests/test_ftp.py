@@ -16,6 +16,7 @@ import optax
 import pytest
 
 import profit_optax
+from tests import helpers
 
 # --------------------------------------------------------------------------
 # The reference, transliterated into NumPy (float64)
@@ -277,12 +278,7 @@ STEPS = 10
 def run_both(tx, reference, params, rng, preprocess=lambda g: g):
   """Runs ``tx`` (jitted, in float64) and the NumPy reference on the same
   gradients; returns the per-step JAX params, states and reference params."""
-
-  @jax.jit
-  def call(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
+  call = helpers.make_grad_call(tx)
   jparams = jax.tree.map(jnp.asarray, params)
   state = tx.init(jparams)
   got, want = [], []
@@ -375,11 +371,7 @@ def test_inject_hyperparams_with_a_schedule_matches_reference(x64):
     flat_torch(params), 0.05, 0.9, k=0.7, exclude=HEAD, mu=schedule
   )
 
-  @jax.jit
-  def call(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
+  call = helpers.make_grad_call(tx)
   jparams = jax.tree.map(jnp.asarray, params)
   state = tx.init(jparams)
   for _ in range(STEPS):
@@ -437,31 +429,17 @@ def small_tree(dtype=jnp.float32):
 
 
 def loss(params, key):
-  noise = jax.random.normal(key, (15,))
-  flat = jnp.concatenate([params["w"].ravel(), params["b"].ravel()])
-  return jnp.sum((flat.astype(jnp.float32) - 0.5 - 0.3 * noise) ** 2)
+  return helpers.noisy_loss([params["w"], params["b"]], key)
 
 
 def make_call(tx, **extra):
-  @jax.jit
-  def call(params, state, key):
-    grads = jax.grad(loss)(params, key)
-    updates, state = tx.update(grads, state, params, **extra)
-    return optax.apply_updates(params, updates), state
-
-  return call
-
-
-def run(call, params, state, steps, seed=0):
-  for key in jax.random.split(jax.random.PRNGKey(seed), steps):
-    params, state = call(params, state, key)
-  return params, state
+  return helpers.make_loss_call(loss, tx, **extra)
 
 
 def test_first_step_stays_at_the_pretrained_weights():
   params = small_tree()
   tx = profit_optax.ftp(optax.sgd(0.5))
-  got, state = run(make_call(tx), params, tx.init(params), 1)
+  got, state = helpers.run_keys(make_call(tx), params, tx.init(params), 1)
   for p, p0 in zip(jax.tree.leaves(got), jax.tree.leaves(params)):
     assert float(jnp.abs(p - p0).max()) <= 1e-8
   assert float(state.gamma["w"]) == pytest.approx(1e-8)
@@ -472,8 +450,10 @@ def test_fully_excluded_is_the_inner_optimizer_bit_for_bit():
   params = small_tree()
   inner = optax.adam(0.05)
   tx = profit_optax.ftp(inner, mask=False)
-  got, state = run(make_call(tx), params, tx.init(params), 5)
-  want, inner_state = run(make_call(inner), params, inner.init(params), 5)
+  got, state = helpers.run_keys(make_call(tx), params, tx.init(params), 5)
+  want, inner_state = helpers.run_keys(
+    make_call(inner), params, inner.init(params), 5
+  )
   chex.assert_trees_all_equal(got, want)
   chex.assert_trees_all_equal(state.inner_state, inner_state)
   assert state.pretrained == {"w": optax.MaskedNode(), "b": optax.MaskedNode()}
@@ -483,19 +463,19 @@ def test_a_radius_above_every_row_norm_is_the_inner_optimizer():
   params = small_tree()
   inner = optax.sgd(0.1, momentum=0.9)
   tx = profit_optax.ftp(inner, gamma_init=1e6, gamma_min=1e6)
-  got, _ = run(make_call(tx), params, tx.init(params), 8)
-  want, _ = run(make_call(inner), params, inner.init(params), 8)
+  got, _ = helpers.run_keys(make_call(tx), params, tx.init(params), 8)
+  want, _ = helpers.run_keys(make_call(inner), params, inner.init(params), 8)
   chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-6)
   # A radius of 0 instead pins every projected leaf to θ0.
   tx = profit_optax.ftp(inner, gamma_init=0.0, gamma_min=0.0)
-  got, _ = run(make_call(tx), params, tx.init(params), 1)
+  got, _ = helpers.run_keys(make_call(tx), params, tx.init(params), 1)
   chex.assert_trees_all_equal(got, params)
 
 
 def test_a_vector_is_one_row_and_a_kernel_has_one_row_per_output_channel():
   params = small_tree()
   tx = profit_optax.ftp(optax.sgd(0.1), gamma_learning_rate=0.05)
-  got, state = run(make_call(tx), params, tx.init(params), 6)
+  got, state = helpers.run_keys(make_call(tx), params, tx.init(params), 6)
   c = state.prev_displacement
   gamma = state.gamma
   # The bias: one ratio min(1, γ / (‖c‖₁ + eps)) for the whole vector.
@@ -526,7 +506,7 @@ def test_channel_axis_callable_chooses_per_leaf():
   tx = profit_optax.ftp(
     optax.sgd(0.1), gamma_learning_rate=0.05, channel_axis=rows
   )
-  got, state = run(make_call(tx), params, tx.init(params), 6)
+  got, state = helpers.run_keys(make_call(tx), params, tx.init(params), 6)
   c, gamma = state.prev_displacement["b"], state.gamma["b"]
   ratio = jnp.minimum(1.0, gamma / (jnp.abs(c) + 1e-8))
   np.testing.assert_allclose(
@@ -553,8 +533,8 @@ def test_channel_axis_zero_is_the_pytorch_layout():
     updates, state = tx0.update(jax.grad(loss_t)(p, key), state, p)
     return optax.apply_updates(p, updates), state
 
-  want, _ = run(make_call(tx), params, tx.init(params), 6)
-  got, state = run(call_t, transposed, tx0.init(transposed), 6)
+  want, _ = helpers.run_keys(make_call(tx), params, tx.init(params), 6)
+  got, state = helpers.run_keys(call_t, transposed, tx0.init(transposed), 6)
   np.testing.assert_allclose(got["w"].T, want["w"], rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(got["b"], want["b"], rtol=1e-6, atol=1e-7)
   assert state.prev_scale["w"].shape == (3, 1)
@@ -600,7 +580,7 @@ def test_extra_args_and_no_recompile():
     updates, state = tx.update(grads, state, params, unexpected_extra_arg=1)
     return optax.apply_updates(params, updates), state
 
-  run(call, params, tx.init(params), 3)
+  helpers.run_keys(call, params, tx.init(params), 3)
   assert len(traces) == 1
 
 
@@ -609,7 +589,7 @@ def test_dtypes_preserved_and_state_stable(dtype):
   tx = profit_optax.ftp(optax.adam(0.01))
   params = small_tree(dtype)
   state0 = tx.init(params)
-  params1, state1 = run(make_call(tx), params, state0, 2)
+  params1, state1 = helpers.run_keys(make_call(tx), params, state0, 2)
   updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), state1, params1)
   for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
     assert u.dtype == p.dtype == dtype
@@ -641,7 +621,7 @@ def test_lax_scan_matches_the_python_loop():
   (got, _), _ = jax.jit(lambda c: jax.lax.scan(body, c, keys))(
     (params, tx.init(params))
   )
-  want, _ = run(make_call(tx), params, tx.init(params), 6)
+  want, _ = helpers.run_keys(make_call(tx), params, tx.init(params), 6)
   chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
 
 
@@ -650,7 +630,7 @@ def test_multisteps_is_ftp_on_the_averaged_gradients():
   tx = optax.MultiSteps(ftp, every_k_schedule=2)
   params = small_tree()
   keys = jax.random.split(jax.random.PRNGKey(0), 8)
-  got, state = run(make_call(tx), params, tx.init(params), 8)
+  got, state = helpers.run_keys(make_call(tx), params, tx.init(params), 8)
   want, ftp_state = params, ftp.init(params)
   for pair in keys.reshape(4, 2, -1):
     grads = [jax.grad(loss)(want, key) for key in pair]
@@ -665,7 +645,7 @@ def test_apply_if_finite_skips_a_nan_step():
   tx = optax.apply_if_finite(profit_optax.ftp(optax.sgd(0.1)), 3)
   params = small_tree()
   state = tx.init(params)
-  params, state = run(make_call(tx), params, state, 2)
+  params, state = helpers.run_keys(make_call(tx), params, state, 2)
   nan = jax.tree.map(lambda p: jnp.full_like(p, jnp.nan), params)
   updates, new_state = tx.update(nan, state, params)
   chex.assert_trees_all_equal(updates, jax.tree.map(jnp.zeros_like, params))
@@ -678,14 +658,14 @@ def test_inject_hyperparams_static_channel_axis():
     profit_optax.ftp, static_args=("channel_axis",)
   )
   tx = factory(optax.sgd(0.1), k=0.5, channel_axis=0)
-  _, state = run(make_call(tx), params, tx.init(params), 2)
+  _, state = helpers.run_keys(make_call(tx), params, tx.init(params), 2)
   assert state.inner_state.prev_scale["w"].shape == (4, 1)
   # Without static_args an int channel_axis is injected and traced under jit.
   tx = optax.inject_hyperparams(profit_optax.ftp)(
     optax.sgd(0.1), channel_axis=0
   )
   with pytest.raises(TypeError, match="static_args=\\('channel_axis',\\)"):
-    run(make_call(tx), params, tx.init(params), 1)
+    helpers.run_keys(make_call(tx), params, tx.init(params), 1)
 
 
 # --------------------------------------------------------------------------

@@ -15,8 +15,9 @@ import optax
 import pytest
 
 import profit_optax
+from tests import helpers
 
-ocp = pytest.importorskip("orbax.checkpoint")
+pytest.importorskip("orbax.checkpoint")
 
 SHAPES = {"w1": (4, 3), "b1": (3,), "head": (3, 2)}
 HEAD = {"w1": False, "b1": False, "head": True}
@@ -115,42 +116,6 @@ def random_problem(seed=0, steps=STEPS, dtype=np.float64):
   return params, grads
 
 
-def make_call(tx, **extra):
-  @jax.jit
-  def call(params, state, grads):
-    updates, state = tx.update(grads, state, params, **extra)
-    return optax.apply_updates(params, updates), state
-
-  return call
-
-
-def jax_run(tx, params, grads_seq, state=None, **extra):
-  call = make_call(tx, **extra)
-  params = jax.tree.map(jnp.asarray, params)
-  state = tx.init(params) if state is None else state
-  trajectory = []
-  for g in grads_seq:
-    params, state = call(params, state, jax.tree.map(jnp.asarray, g))
-    trajectory.append(params)
-  return trajectory, state
-
-
-def assert_trajectories_close(got, want, tol=1e-12):
-  assert len(got) == len(want)
-  for t, (a, b) in enumerate(zip(got, want)):
-    for k in b:
-      np.testing.assert_allclose(
-        np.asarray(a[k]), b[k], rtol=tol, atol=tol, err_msg=f"step {t} {k}"
-      )
-
-
-def assert_bit_identical(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    assert x.dtype == y.dtype
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 # --------------------------------------------------------------------------
 # Against the reference
 # --------------------------------------------------------------------------
@@ -167,9 +132,9 @@ def test_coupled_matches_reference(name):
   make_tx, make_np = OPTIMIZERS[name]
   params, grads = random_problem()
   tx = optax.chain(profit_optax.l2sp(ALPHA, BETA, head_mask=HEAD), make_tx(LR))
-  got, state = jax_run(tx, params, grads)
+  got, state = helpers.jax_run(tx, params, grads)
   want = np_run(params, grads, make_np(), coupled=True)
-  assert_trajectories_close(got, want)
+  helpers.assert_trajectories_close(got, want)
   assert int(state[0].count) == STEPS
   # The stored w0 never moves.
   for k in params:
@@ -187,9 +152,9 @@ def test_decoupled_matches_reference(name):
       ALPHA, BETA, head_mask=HEAD, decoupled=True, learning_rate=LR
     ),
   )
-  got, _ = jax_run(tx, params, grads)
+  got, _ = helpers.jax_run(tx, params, grads)
   want = np_run(params, grads, make_np(), coupled=False)
-  assert_trajectories_close(got, want)
+  helpers.assert_trajectories_close(got, want)
 
 
 @pytest.mark.usefixtures("x64")
@@ -206,7 +171,7 @@ def test_schedules_for_alpha_beta_and_learning_rate():
       alpha, beta, head_mask=HEAD, decoupled=True, learning_rate=lr
     ),
   )
-  got, _ = jax_run(tx, params, grads)
+  got, _ = helpers.jax_run(tx, params, grads)
   want = np_run(
     params,
     grads,
@@ -216,7 +181,7 @@ def test_schedules_for_alpha_beta_and_learning_rate():
     beta=lambda t: float(beta(t)),
     lr=lambda t: float(lr(t)),
   )
-  assert_trajectories_close(got, want)
+  helpers.assert_trajectories_close(got, want)
 
 
 @pytest.mark.usefixtures("x64")
@@ -228,9 +193,9 @@ def test_explicit_pretrained_is_the_target():
     profit_optax.l2sp(ALPHA, BETA, head_mask=HEAD, pretrained=w0),
     optax.adam(LR),
   )
-  got, state = jax_run(tx, params, grads)
+  got, state = helpers.jax_run(tx, params, grads)
   want = np_run(params, grads, NpAdam(), coupled=True, w0=w0)
-  assert_trajectories_close(got, want)
+  helpers.assert_trajectories_close(got, want)
   np.testing.assert_array_equal(np.asarray(state[0].pretrained["w1"]), w0["w1"])
 
 
@@ -242,9 +207,9 @@ def test_coupled_and_decoupled_agree_for_plain_sgd():
   decoupled = optax.chain(
     optax.sgd(LR), profit_optax.l2sp(**reg, decoupled=True, learning_rate=LR)
   )
-  a, _ = jax_run(coupled, params, grads)
-  b, _ = jax_run(decoupled, params, grads)
-  assert_trajectories_close(a, [jax.tree.map(np.asarray, p) for p in b])
+  a, _ = helpers.jax_run(coupled, params, grads)
+  b, _ = helpers.jax_run(decoupled, params, grads)
+  helpers.assert_trajectories_close(a, [jax.tree.map(np.asarray, p) for p in b])
 
 
 @hypothesis.settings(max_examples=30, deadline=None)
@@ -337,12 +302,12 @@ def test_inject_hyperparams_equals_plain_and_can_be_changed():
   )
   tx = optax.chain(injected, optax.adam(LR))
   half = STEPS // 2
-  first, state = jax_run(tx, params, grads[:half])
+  first, state = helpers.jax_run(tx, params, grads[:half])
   hp = state[0].hyperparams
   assert set(hp) == {"alpha", "beta"}
   hp["alpha"] = jnp.asarray(2.0 * ALPHA, hp["alpha"].dtype)
   hp["beta"] = jnp.asarray(0.0, hp["beta"].dtype)
-  second, _ = jax_run(
+  second, _ = helpers.jax_run(
     tx, jax.tree.map(np.asarray, first[-1]), grads[half:], state
   )
 
@@ -358,7 +323,7 @@ def test_inject_hyperparams_equals_plain_and_can_be_changed():
     d = np_opt.direction({k: g[k] + reg[k] for k in g})
     cur = {k: cur[k] - LR * d[k] for k in cur}
     rest.append(cur)
-  assert_trajectories_close(first + second, want + rest)
+  helpers.assert_trajectories_close(first + second, want + rest)
 
 
 @pytest.mark.usefixtures("x64")
@@ -369,9 +334,11 @@ def test_inject_hyperparams_decoupled_rate_and_callable_mask():
     profit_optax.l2sp, static_args=("head_mask",)
   )(ALPHA, BETA, head_mask=head_fn, decoupled=True, learning_rate=LR)
   tx = optax.chain(optax.adam(LR), injected)
-  got, state = jax_run(tx, params, grads)
+  got, state = helpers.jax_run(tx, params, grads)
   assert set(state[1].hyperparams) == {"alpha", "beta", "learning_rate"}
-  assert_trajectories_close(got, np_run(params, grads, NpAdam(), coupled=False))
+  helpers.assert_trajectories_close(
+    got, np_run(params, grads, NpAdam(), coupled=False)
+  )
 
 
 def test_jit_no_recompile_and_extra_args_absorbed():
@@ -379,14 +346,9 @@ def test_jit_no_recompile_and_extra_args_absorbed():
   tx = optax.chain(
     profit_optax.l2sp(ALPHA, BETA, head_mask=HEAD), optax.adam(LR)
   )
-  call = make_call(tx, some_unknown_extra_arg=1)
-  p = jax.tree.map(jnp.asarray, params)
-  state = jax.jit(tx.init)(p)
-  p, state = call(p, state, grads[0])
-  before = call._cache_size()
-  for g in grads[1:5]:
-    p, state = call(p, state, g)
-  assert call._cache_size() == before == 1
+  helpers.assert_update_compiles_once(
+    tx, params, grads, some_unknown_extra_arg=1
+  )
 
 
 def test_map_params_on_state():
@@ -462,32 +424,9 @@ def test_orbax_resume_mid_run_is_bit_identical(tmp_path):
     optax.adam(LR),
     profit_optax.l2sp(0.01, decoupled=True, learning_rate=LR),
   )
-  call = make_call(tx)
-
-  def run(p, s, gs):
-    for g in gs:
-      p, s = call(p, s, g)
-    return p, s
-
-  want_params, want_state = run(params, tx.init(params), grads)
-  stop = 3
-  mid_params, mid_state = run(params, tx.init(params), grads[:stop])
-  path = tmp_path / "ckpt"
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(path, {"params": mid_params, "opt_state": mid_state})
-    checkpointer.wait_until_finished()
-    target = jax.eval_shape(
-      lambda: {"params": params, "opt_state": tx.init(params)}
-    )
-    restored = checkpointer.restore(path, target)
-  assert isinstance(restored["opt_state"][0], profit_optax.L2SPState)
-  assert int(restored["opt_state"][0].count) == stop
-  assert_bit_identical(restored, {"params": mid_params, "opt_state": mid_state})
-  got_params, got_state = run(
-    restored["params"], restored["opt_state"], grads[stop:]
+  helpers.assert_orbax_resume_is_bit_identical(
+    tx, params, grads, 3, tmp_path / "ckpt", 0, profit_optax.L2SPState
   )
-  assert_bit_identical(got_params, want_params)
-  assert_bit_identical(got_state, want_state)
 
 
 # --------------------------------------------------------------------------
@@ -536,13 +475,7 @@ def test_construction_errors(kwargs, error, match):
 def test_init_and_update_errors():
   params = {"w1": jnp.ones((4, 3)), "b1": jnp.ones(3), "head": jnp.ones((3, 2))}
   tx = profit_optax.l2sp(0.1)
-  with pytest.raises(ValueError, match="not passing `params`"):
-    tx.init(None)
-  state = tx.init(params)
-  with pytest.raises(ValueError, match="not passing `params`"):
-    tx.update(params, state)
-  with pytest.raises(ValueError, match="`updates` must have the same tree"):
-    tx.update({"w1": params["w1"]}, state, params)
+  helpers.assert_params_and_updates_checked(tx, params)
   with pytest.raises(TypeError, match="must be the L2SPState"):
     tx.update(params, optax.EmptyState(), params)
   with pytest.raises(ValueError, match="`head_mask` must be a pytree of bools"):

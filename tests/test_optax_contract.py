@@ -9,6 +9,7 @@ import optax
 import pytest
 
 import profit_optax
+from tests import helpers
 
 MAIN = {
   "sgd": lambda: optax.sgd(0.1),
@@ -28,19 +29,11 @@ def params0(dtype=jnp.float32):
 
 def loss(params, key):
   """A noisy least-squares loss: a fresh random target for every key."""
-  noise = jax.random.normal(key, (7,))
-  flat = jnp.concatenate([params["a"].ravel(), params["b"].ravel()])
-  return jnp.sum((flat.astype(jnp.float32) - 0.5 - 0.3 * noise) ** 2)
+  return helpers.noisy_loss([params["a"], params["b"]], key)
 
 
 def make_call(tx, **extra):
-  @jax.jit
-  def call(params, state, key):
-    grads = jax.grad(loss)(params, key)
-    updates, state = tx.update(grads, state, params, **extra)
-    return optax.apply_updates(params, updates), state
-
-  return call
+  return helpers.make_loss_call(loss, tx, **extra)
 
 
 def make_whole_step(tx, n_ref, **extra):
@@ -60,12 +53,6 @@ def make_whole_step(tx, n_ref, **extra):
   return step
 
 
-def run(call, params, state, calls, seed=0):
-  for key in jax.random.split(jax.random.PRNGKey(seed), calls):
-    params, state = call(params, state, key)
-  return params, state
-
-
 @pytest.mark.parametrize("n_ref", [1, 2])
 @pytest.mark.parametrize("name", list(MAIN))
 def test_extra_args_and_no_recompile(name, n_ref):
@@ -80,7 +67,7 @@ def test_extra_args_and_no_recompile(name, n_ref):
     params, state = driver(params, state, jax.random.PRNGKey(0))
     with jax.log_compiles():
       before = driver._cache_size()
-      run(driver, params, state, 2 * (n_ref + 1))
+      helpers.run_keys(driver, params, state, 2 * (n_ref + 1))
       assert driver._cache_size() == before == 1
 
 
@@ -147,7 +134,7 @@ def test_state_types_stable_through_cond_and_scan(name):
     return params, state
 
   p_scan, s_scan = scanned(params, state)
-  p_loop, s_loop = run(call, params, state, 20, seed=1)
+  p_loop, s_loop = helpers.run_keys(call, params, state, 20, seed=1)
   chex.assert_trees_all_equal_shapes_and_dtypes(s_scan, state)
   chex.assert_trees_all_close(p_scan, p_loop, rtol=1e-5, atol=1e-6)
   assert int(s_scan.step) == 6 and int(s_scan.count) == 2
@@ -159,7 +146,7 @@ def test_inside_chain_after_clipping():
   tx = optax.chain(optax.clip_by_global_norm(0.5), inner)
   clip = optax.clip_by_global_norm(0.5)
   params = params0()
-  got, _ = run(make_call(tx), params, tx.init(params), 6)
+  got, _ = helpers.run_keys(make_call(tx), params, tx.init(params), 6)
 
   # The same by hand: clip each gradient, then feed PROFIT.
   @jax.jit
@@ -168,7 +155,7 @@ def test_inside_chain_after_clipping():
     updates, state = inner.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
-  want, _ = run(by_hand, params, inner.init(params), 6)
+  want, _ = helpers.run_keys(by_hand, params, inner.init(params), 6)
   chex.assert_trees_all_close(got, want, rtol=1e-6)
 
 
@@ -177,7 +164,7 @@ def test_inside_multisteps():
   inner = profit_optax.profit(optax.sgd(0.1), 0.01)
   tx = optax.MultiSteps(inner, every_k_schedule=2)
   params = params0()
-  got, state = run(make_call(tx), params, tx.init(params), 8)
+  got, state = helpers.run_keys(make_call(tx), params, tx.init(params), 8)
   assert int(profit_optax.find_profit_state(state).step) == 2
 
   @jax.jit
@@ -200,7 +187,7 @@ def test_inside_multisteps():
 def test_inside_apply_if_finite():
   tx = optax.apply_if_finite(profit_optax.profit(optax.adam(0.01), 0.001), 3)
   params = params0()
-  got, state = run(make_call(tx), params, tx.init(params), 4)
+  got, state = helpers.run_keys(make_call(tx), params, tx.init(params), 4)
   assert int(profit_optax.find_profit_state(state).step) == 2
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(got))
 
@@ -209,7 +196,7 @@ def test_masked_equals_profit_on_the_subset():
   profit = profit_optax.profit(optax.adam(0.01), 0.001)
   masked = optax.masked(profit, {"a": True, "b": False})
   params = params0()
-  got, _ = run(make_call(masked), params, masked.init(params), 6)
+  got, _ = helpers.run_keys(make_call(masked), params, masked.init(params), 6)
   # Masked-out leaves receive the raw gradient as their update (optax.masked
   # passes them through), masked-in ones follow PROFIT on "a" alone.
   sub = {"a": params["a"]}
@@ -221,7 +208,7 @@ def test_masked_equals_profit_on_the_subset():
     updates, s = sub_tx.update({"a": grads["a"]}, s, p)
     return optax.apply_updates(p, updates), s
 
-  want, _ = run(sub_call, sub, sub_tx.init(sub), 6)
+  want, _ = helpers.run_keys(sub_call, sub, sub_tx.init(sub), 6)
   # "b" moves by the raw gradients, which depend on "a": compare "a" only.
   chex.assert_trees_all_close(got["a"], want["a"], rtol=1e-6)
 
@@ -235,7 +222,7 @@ def test_multi_transform_head_only_profit():
     {"a": "profit", "b": "frozen"},
   )
   params = params0()
-  got, state = run(make_call(tx), params, tx.init(params), 4)
+  got, state = helpers.run_keys(make_call(tx), params, tx.init(params), 4)
   chex.assert_trees_all_equal(got["b"], params["b"])
   assert not np.allclose(got["a"], params["a"])
   assert int(profit_optax.find_profit_state(state).step) == 2
@@ -254,9 +241,11 @@ def test_inject_hyperparams_ref_rate_and_main_rate(n_ref):
   )
   params = params0()
   calls = 4 * (n_ref + 1)
-  want, _ = run(make_call(plain), params, plain.init(params), calls)
+  want, _ = helpers.run_keys(
+    make_call(plain), params, plain.init(params), calls
+  )
   for tx in (injected_ref, injected_main):
-    got, _ = run(make_call(tx), params, tx.init(params), calls)
+    got, _ = helpers.run_keys(make_call(tx), params, tx.init(params), calls)
     chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
 
   # Changing the injected reference rate scales the displacement (on this
@@ -267,7 +256,7 @@ def test_inject_hyperparams_ref_rate_and_main_rate(n_ref):
   large.hyperparams["ref_learning_rate"] = jnp.asarray(0.1)
   norms = []
   for state in (small, large):
-    _, state = run(call, params, state, n_ref + 1)
+    _, state = helpers.run_keys(call, params, state, n_ref + 1)
     norms.append(float(profit_optax.get_diagnostics(state).delta_norm))
   if n_ref == 1:  # one SGD step: the displacement is exactly proportional
     np.testing.assert_allclose(norms[1] / norms[0], 100.0, rtol=1e-4)
@@ -282,7 +271,7 @@ def test_schedules_for_both_rates():
   params = params0()
   state = tx.init(params)
   call = make_call(tx)
-  params, state = run(call, params, state, 6)
+  params, state = helpers.run_keys(call, params, state, 6)
   assert int(state.step) == 3
   # The reference step of PROFIT step 3 uses ref_schedule(3).
   g = jax.tree.map(jnp.ones_like, params)

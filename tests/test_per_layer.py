@@ -8,16 +8,7 @@ import optax
 import pytest
 
 import profit_optax
-from tests import reference
-from tests.test_reference import (
-  STEPS,
-  _assert_close,
-  _problem,
-  _run_per_call,
-  _run_profit_step,
-  _run_whole_step,
-  _to_jax,
-)
+from tests import helpers, reference
 
 LAYERS = {"w1": "layer1", "b1": "layer1", "w2": "layer2", "b2": "layer2"}
 GROUPINGS = {
@@ -35,7 +26,8 @@ GROUPINGS = {
 @pytest.mark.parametrize("grouping", list(GROUPINGS))
 def test_matches_numpy_reference(grouping, n_ref):
   groups, ref_groups = GROUPINGS[grouping]
-  params0, batches = _problem(n_ref)
+  params0, batches = helpers.problem(n_ref)
+  steps = helpers.STEPS
   # Keys in the order jax flattens the dict (sorted), as the NumPy groups sum.
   expected, records = reference.profit_reference(
     params0,
@@ -43,20 +35,20 @@ def test_matches_numpy_reference(grouping, n_ref):
     0.01,
     n_ref,
     iter(batches),
-    STEPS,
+    steps,
     groups=ref_groups,
   )
   global_params, _ = reference.profit_reference(
-    params0, reference.NumpyAdam(0.005), 0.01, n_ref, iter(batches), STEPS
+    params0, reference.NumpyAdam(0.005), 0.01, n_ref, iter(batches), steps
   )
   # Per-group projection is a different trajectory from the global one.
   assert max(np.max(np.abs(expected[k] - global_params[k])) for k in expected)
   assert any(r.projected for r in records)
-  p0 = _to_jax(params0)
+  p0 = helpers.to_jax(params0)
   kw = dict(projection_groups=groups)
   tx = profit_optax.profit(optax.adam(0.005), 0.01, n_ref, **kw)
-  got, diags = _run_per_call(tx, p0, batches)
-  _assert_close(got, expected)
+  got, diags = helpers.run_per_call(tx, p0, batches)
+  helpers.assert_close(got, expected)
   np.testing.assert_array_equal(
     [bool(d.projected) for d in diags], [r.projected for r in records]
   )
@@ -75,10 +67,10 @@ def test_matches_numpy_reference(grouping, n_ref):
   opaque = profit_optax.profit(
     optax.adam(0.005), 0.01, n_ref, opaque_mode=True, **kw
   )
-  got, _ = _run_whole_step(opaque, p0, batches, n_ref + 1)
-  _assert_close(got, expected)
-  got, metrics, _ = _run_profit_step(tx, p0, batches, n_ref + 1)
-  _assert_close(got, expected)
+  got, _ = helpers.run_whole_step(opaque, p0, batches, n_ref + 1)
+  helpers.assert_close(got, expected)
+  got, metrics, _ = helpers.run_profit_step(tx, p0, batches, n_ref + 1)
+  helpers.assert_close(got, expected)
   np.testing.assert_allclose(
     [float(m["delta_norm"]) for m in metrics],
     [r.delta_norm for r in records],

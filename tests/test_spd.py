@@ -18,8 +18,9 @@ import optax
 import pytest
 
 import profit_optax
+from tests import helpers
 
-ocp = pytest.importorskip("orbax.checkpoint")
+pytest.importorskip("orbax.checkpoint")
 
 SHAPES = {"w1": (4, 3), "b1": (3,), "w2": (3, 2)}
 STEPS = 30
@@ -127,48 +128,12 @@ def random_problem(seed=0, steps=STEPS, dtype=np.float64):
   return params, grads
 
 
-def make_call(tx, **extra):
-  @jax.jit
-  def call(params, state, grads):
-    updates, state = tx.update(grads, state, params, **extra)
-    return optax.apply_updates(params, updates), state
-
-  return call
-
-
-def jax_run(tx, params, grads_seq, state=None, **extra):
-  call = make_call(tx, **extra)
-  params = jax.tree.map(jnp.asarray, params)
-  state = tx.init(params) if state is None else state
-  trajectory = []
-  for g in grads_seq:
-    params, state = call(params, state, jax.tree.map(jnp.asarray, g))
-    trajectory.append(params)
-  return trajectory, state
-
-
 def np_run(optimizer, params, grads_seq, **step_kwargs):
   trajectory = []
   for g in grads_seq:
     params = optimizer.step(params, g, **step_kwargs)
     trajectory.append(params)
   return trajectory
-
-
-def assert_trajectories_close(got, want, tol=1e-12):
-  assert len(got) == len(want)
-  for t, (a, b) in enumerate(zip(got, want)):
-    for k in b:
-      np.testing.assert_allclose(
-        np.asarray(a[k]), b[k], rtol=tol, atol=tol, err_msg=f"step {t} {k}"
-      )
-
-
-def assert_bit_identical(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    assert x.dtype == y.dtype
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 # --------------------------------------------------------------------------
@@ -181,8 +146,10 @@ def test_adam_spd_matches_reference_adamspd():
   params, grads = random_problem()
   ref = NpAdamSPD(LR, WD, pre=dict(params))
   want = np_run(ref, dict(params), grads)
-  got, state = jax_run(profit_optax.spd(optax.adam(LR), WD), params, grads)
-  assert_trajectories_close(got, want)
+  got, state = helpers.jax_run(
+    profit_optax.spd(optax.adam(LR), WD), params, grads
+  )
+  helpers.assert_trajectories_close(got, want)
   assert int(state.count) == STEPS
   # The test exercised both sides of the sign test and a positive ratio.
   assert ref.stats["decayed"] > 10 and ref.stats["kept"] > 10
@@ -197,8 +164,8 @@ def test_momentum_spd_matches_reference():
   params, grads = random_problem(seed=1)
   want = np_run(NpMomentumSPD(LR, WD, dict(params)), dict(params), grads)
   tx = profit_optax.spd(optax.sgd(LR, momentum=0.9), WD)
-  got, _ = jax_run(tx, params, grads)
-  assert_trajectories_close(got, want)
+  got, _ = helpers.jax_run(tx, params, grads)
+  helpers.assert_trajectories_close(got, want)
 
 
 @pytest.mark.usefixtures("x64")
@@ -208,8 +175,8 @@ def test_explicit_pretrained_zeros_is_the_reference_pre_none():
   zeros = {k: np.zeros(s) for k, s in SHAPES.items()}
   want = np_run(NpAdamSPD(LR, WD, pre=zeros), dict(params), grads)
   tx = profit_optax.spd(optax.adam(LR), WD, pretrained=zeros)
-  got, _ = jax_run(tx, params, grads)
-  assert_trajectories_close(got, want)
+  got, _ = helpers.jax_run(tx, params, grads)
+  helpers.assert_trajectories_close(got, want)
 
 
 @pytest.mark.usefixtures("x64")
@@ -217,7 +184,7 @@ def test_mask_leaves_plain_inner_updates_elsewhere():
   params, grads = random_problem(seed=3)
   mask = {"w1": True, "b1": False, "w2": True}
   tx = profit_optax.spd(optax.adam(LR), WD, mask=mask)
-  got, _ = jax_run(tx, params, grads)
+  got, _ = helpers.jax_run(tx, params, grads)
   # The masked-in leaves follow AdamSPD; the others plain Adam (λ = 0).
   spd_ref = NpAdamSPD(LR, WD, pre=dict(params))
   adam_ref = NpAdamSPD(LR, 0.0, pre=dict(params))
@@ -227,7 +194,7 @@ def test_mask_leaves_plain_inner_updates_elsewhere():
     {k: (s if mask[k] else a)[k] for k in SHAPES}
     for s, a in zip(want_spd, want_adam)
   ]
-  assert_trajectories_close(got, want)
+  helpers.assert_trajectories_close(got, want)
   # The exempt leaf really differs from what SPD would have done.
   assert not np.allclose(want_spd[-1]["b1"], want_adam[-1]["b1"])
 
@@ -237,13 +204,13 @@ def test_weight_decay_schedule():
   params, grads = random_problem(seed=4)
   schedule = lambda count: 0.1 + 0.03 * count  # float64 under x64
   tx = profit_optax.spd(optax.adam(LR), schedule)
-  got, _ = jax_run(tx, params, grads)
+  got, _ = helpers.jax_run(tx, params, grads)
   ref = NpAdamSPD(LR, None, pre=dict(params))
   want, p = [], dict(params)
   for t, g in enumerate(grads):
     p = ref.step(p, g, weight_decay=0.1 + 0.03 * t)
     want.append(p)
-  assert_trajectories_close(got, want)
+  helpers.assert_trajectories_close(got, want)
 
 
 @pytest.mark.usefixtures("x64")
@@ -253,7 +220,7 @@ def test_inside_chain_after_clipping():
   tx = optax.chain(
     optax.clip_by_global_norm(max_norm), profit_optax.spd(optax.adam(LR), WD)
   )
-  got, _ = jax_run(tx, params, grads)
+  got, _ = helpers.jax_run(tx, params, grads)
 
   def clip(g):
     norm = np.sqrt(sum(np.sum(x**2) for x in g.values()))
@@ -265,7 +232,7 @@ def test_inside_chain_after_clipping():
   want = np_run(
     NpAdamSPD(LR, WD, pre=dict(params)), dict(params), map(clip, grads)
   )
-  assert_trajectories_close(got, list(want))
+  helpers.assert_trajectories_close(got, list(want))
 
 
 def test_zero_weight_decay_is_the_inner_optimizer_bit_for_bit():
@@ -279,8 +246,8 @@ def test_zero_weight_decay_is_the_inner_optimizer_bit_for_bit():
     g = jax.tree.map(jnp.asarray, g)
     u1, s1 = spd.update(g, s1, params)
     u2, s2 = adam.update(g, s2, params)
-    assert_bit_identical(u1, u2)
-    assert_bit_identical(s1.inner_state, s2)
+    helpers.assert_bit_identical(u1, u2)
+    helpers.assert_bit_identical(s1.inner_state, s2)
     params = optax.apply_updates(params, u1)
 
 
@@ -349,19 +316,19 @@ def test_inject_hyperparams_weight_decay_and_inner_rate():
   inner = optax.inject_hyperparams(optax.adam)(learning_rate=LR)
   tx = optax.inject_hyperparams(profit_optax.spd)(inner, weight_decay=WD)
   half = STEPS // 2
-  first, state = jax_run(tx, params, grads[:half])
+  first, state = helpers.jax_run(tx, params, grads[:half])
   assert set(state.hyperparams) == {"weight_decay"}
   state.hyperparams["weight_decay"] = jnp.asarray(0.2, jnp.float64)
   state.inner_state.inner_state.hyperparams["learning_rate"] = jnp.asarray(
     LR / 2, jnp.float64
   )
-  second, _ = jax_run(
+  second, _ = helpers.jax_run(
     tx, jax.tree.map(np.asarray, first[-1]), grads[half:], state
   )
   ref = NpAdamSPD(LR, WD, pre=dict(params))
   want = np_run(ref, dict(params), grads[:half])
   want += np_run(ref, want[-1], grads[half:], lr=LR / 2, weight_decay=0.2)
-  assert_trajectories_close(first + second, want)
+  helpers.assert_trajectories_close(first + second, want)
 
 
 def test_inject_hyperparams_with_a_callable_mask():
@@ -371,8 +338,8 @@ def test_inject_hyperparams_with_a_callable_mask():
   injected = optax.inject_hyperparams(profit_optax.spd, static_args=("mask",))(
     optax.adam(LR), WD, mask=mask_fn
   )
-  a, _ = jax_run(plain, params, grads[:5])
-  b, _ = jax_run(injected, params, grads[:5])
+  a, _ = helpers.jax_run(plain, params, grads[:5])
+  b, _ = helpers.jax_run(injected, params, grads[:5])
   chex.assert_trees_all_close(a[-1], b[-1], rtol=1e-6)
 
 
@@ -400,14 +367,7 @@ def test_extra_args_are_forwarded_to_the_inner_optimizer():
 def test_jit_no_recompile():
   params, grads = random_problem(seed=9, dtype=np.float32)
   tx = profit_optax.spd(optax.adamw(LR, weight_decay=1e-2), WD)
-  call = make_call(tx)
-  p = jax.tree.map(jnp.asarray, params)
-  state = jax.jit(tx.init)(p)
-  p, state = call(p, state, grads[0])
-  before = call._cache_size()
-  for g in grads[1:5]:
-    p, state = call(p, state, g)
-  assert call._cache_size() == before == 1
+  helpers.assert_update_compiles_once(tx, params, grads)
 
 
 def test_map_params_on_state():
@@ -432,7 +392,7 @@ def test_dtype_preserved(dtype):
   params = jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
   grads = [jax.tree.map(lambda x: jnp.asarray(x, dtype), g) for g in grads]
   tx = profit_optax.spd(optax.adam(LR), WD)
-  got, state = jax_run(tx, params, grads)
+  got, state = helpers.jax_run(tx, params, grads)
   for tree in (got[-1], state.pretrained):
     assert all(x.dtype == dtype for x in jax.tree.leaves(tree))
 
@@ -466,32 +426,9 @@ def test_orbax_resume_mid_run_is_bit_identical(tmp_path):
   tx = optax.chain(
     optax.clip_by_global_norm(1.0), profit_optax.spd(optax.adam(LR), WD)
   )
-  call = make_call(tx)
-
-  def run(p, s, gs):
-    for g in gs:
-      p, s = call(p, s, g)
-    return p, s
-
-  want_params, want_state = run(params, tx.init(params), grads)
-  stop = 4
-  mid_params, mid_state = run(params, tx.init(params), grads[:stop])
-  path = tmp_path / "ckpt"
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(path, {"params": mid_params, "opt_state": mid_state})
-    checkpointer.wait_until_finished()
-    target = jax.eval_shape(
-      lambda: {"params": params, "opt_state": tx.init(params)}
-    )
-    restored = checkpointer.restore(path, target)
-  assert isinstance(restored["opt_state"][1], profit_optax.SPDState)
-  assert int(restored["opt_state"][1].count) == stop
-  assert_bit_identical(restored, {"params": mid_params, "opt_state": mid_state})
-  got_params, got_state = run(
-    restored["params"], restored["opt_state"], grads[stop:]
+  helpers.assert_orbax_resume_is_bit_identical(
+    tx, params, grads, 4, tmp_path / "ckpt", 1, profit_optax.SPDState
   )
-  assert_bit_identical(got_params, want_params)
-  assert_bit_identical(got_state, want_state)
 
 
 # --------------------------------------------------------------------------
@@ -529,13 +466,7 @@ def test_construction_errors(args, kwargs, error, match):
 def test_init_and_update_errors():
   params = {"w1": jnp.ones((4, 3)), "b1": jnp.ones(3)}
   tx = profit_optax.spd(optax.adam(0.1), 0.5)
-  with pytest.raises(ValueError, match="not passing `params`"):
-    tx.init(None)
-  state = tx.init(params)
-  with pytest.raises(ValueError, match="not passing `params`"):
-    tx.update(params, state)
-  with pytest.raises(ValueError, match="`updates` must have the same tree"):
-    tx.update({"w1": params["w1"]}, state, params)
+  state = helpers.assert_params_and_updates_checked(tx, params)
   with pytest.raises(TypeError, match="must be the SPDState"):
     tx.update(params, state.inner_state, params)
   with pytest.raises(ValueError, match="`mask` must be a pytree of bools"):

@@ -7,17 +7,7 @@ import optax
 import pytest
 
 import profit_optax
-from tests import reference
-from tests.test_reference import (
-  STEPS,
-  _assert_close,
-  _problem,
-  _run_per_call,
-  _run_profit_step,
-  _run_whole_step,
-  _to_jax,
-  jax_loss,
-)
+from tests import helpers, reference
 
 LR_MAIN = 0.005
 
@@ -58,21 +48,21 @@ OPTIONS = {
 def test_matches_numpy_reference(main, option, n_ref):
   make_tx, make_ref = MAINS[main]
   kw, ref_kw, lr_ref = OPTIONS[option]
-  params0, batches = _problem(n_ref)
+  params0, batches = helpers.problem(n_ref)
   expected, records = reference.profit_reference(
-    params0, make_ref(), lr_ref, n_ref, iter(batches), STEPS, **ref_kw
+    params0, make_ref(), lr_ref, n_ref, iter(batches), helpers.STEPS, **ref_kw
   )
   plain, _ = reference.profit_reference(
-    params0, make_ref(), lr_ref, n_ref, iter(batches), STEPS
+    params0, make_ref(), lr_ref, n_ref, iter(batches), helpers.STEPS
   )
   # The option changes the trajectory, and both branches of ω are taken.
   assert max(np.max(np.abs(expected[k] - plain[k])) for k in plain) > 1e-8
   fired = [r.projected for r in records]
   assert any(fired) and not all(fired)
-  p0 = _to_jax(params0)
+  p0 = helpers.to_jax(params0)
   tx = profit_optax.profit(make_tx(), lr_ref, n_ref, **kw)
-  got, diags = _run_per_call(tx, p0, batches)
-  _assert_close(got, expected)
+  got, diags = helpers.run_per_call(tx, p0, batches)
+  helpers.assert_close(got, expected)
   np.testing.assert_array_equal([bool(d.projected) for d in diags], fired)
   np.testing.assert_allclose(
     [float(d.delta_norm) for d in diags],
@@ -80,10 +70,10 @@ def test_matches_numpy_reference(main, option, n_ref):
     rtol=1e-9,
   )
   opaque = profit_optax.profit(make_tx(), lr_ref, n_ref, opaque_mode=True, **kw)
-  got, _ = _run_whole_step(opaque, p0, batches, n_ref + 1)
-  _assert_close(got, expected)
-  got, metrics, losses = _run_profit_step(tx, p0, batches, n_ref + 1)
-  _assert_close(got, expected)
+  got, _ = helpers.run_whole_step(opaque, p0, batches, n_ref + 1)
+  helpers.assert_close(got, expected)
+  got, metrics, losses = helpers.run_profit_step(tx, p0, batches, n_ref + 1)
+  helpers.assert_close(got, expected)
   np.testing.assert_allclose(
     np.stack(losses), [r.losses for r in records], rtol=1e-10
   )
@@ -93,16 +83,16 @@ def test_matches_numpy_reference(main, option, n_ref):
 @pytest.mark.parametrize("n_ref", [1, 3])
 def test_delta_stays_in_the_ball(n_ref):
   r = 1e-3
-  params0, batches = _problem(n_ref)
-  p = _to_jax(params0)
+  params0, batches = helpers.problem(n_ref)
+  p = helpers.to_jax(params0)
   tx = profit_optax.profit(optax.adam(LR_MAIN), 0.05, n_ref, ref_trust_radius=r)
   state = tx.init(p)
-  grad = jax.jit(jax.grad(jax_loss))
+  grad = jax.jit(jax.grad(helpers.jax_loss))
   bound = []
   for i, batch in enumerate(batches[: 10 * (n_ref + 1)]):
     if i % (n_ref + 1) == 0:
       anchor_norm = float(optax.tree.norm(p))
-    updates, state = tx.update(grad(p, _to_jax(batch)), state, p)
+    updates, state = tx.update(grad(p, helpers.to_jax(batch)), state, p)
     p = optax.apply_updates(p, updates)
     if int(state.count) > 0:
       norm = float(optax.tree.norm(state.delta))

@@ -7,17 +7,17 @@ import optax
 import pytest
 
 import profit_optax
-from tests.test_reference import _problem, _to_jax, jax_loss
+from tests import helpers
 
 LR = 0.005
 
 
 def _drive(tx, params, batches, state=None):
   update = jax.jit(tx.update)
-  grad = jax.jit(jax.grad(jax_loss))
+  grad = jax.jit(jax.grad(helpers.jax_loss))
   state = tx.init(params) if state is None else state
   for batch in batches:
-    updates, state = update(grad(params, _to_jax(batch)), state, params)
+    updates, state = update(grad(params, helpers.to_jax(batch)), state, params)
     params = optax.apply_updates(params, updates)
   return params, state, update
 
@@ -31,8 +31,8 @@ def _assert_trees_close(a, b, tol=1e-12):
 @pytest.mark.parametrize("share", [False, True])
 @pytest.mark.parametrize("n_ref", [1, 2])
 def test_equals_warmup_then_profit_by_hand(n_ref, share):
-  params0, batches = _problem(n_ref)
-  p0 = _to_jax(params0)
+  params0, batches = helpers.problem(n_ref)
+  p0 = helpers.to_jax(params0)
   warmup_steps = 4 * (n_ref + 1)
   batches = batches[: warmup_steps + 8 * (n_ref + 1)]
   make_profit = lambda: profit_optax.profit(
@@ -68,18 +68,18 @@ def test_equals_warmup_then_profit_by_hand(n_ref, share):
 @pytest.mark.usefixtures("x64")
 def test_profit_step_warms_up_then_drives_profit():
   n_ref = 1
-  params0, batches = _problem(n_ref)
-  p0 = _to_jax(params0)
+  params0, batches = helpers.problem(n_ref)
+  p0 = helpers.to_jax(params0)
   batches = batches[:20]
   tx = profit_optax.profit_warmup(
     optax.adamw(LR), profit_optax.profit(optax.adamw(LR), LR / 10), 6
   )
   want, want_state, _ = _drive(tx, p0, batches)
   state, p = tx.init(p0), p0
-  it = iter([_to_jax(b) for b in batches])
+  it = iter([helpers.to_jax(b) for b in batches])
   omegas = []
   for _ in range(10):  # two batches a call: 3 warmup calls, 7 PROFIT steps
-    out = profit_optax.profit_step(jax_loss, tx, p, state, it)
+    out = profit_optax.profit_step(helpers.jax_loss, tx, p, state, it)
     p, state = out.params, out.opt_state
     omegas.append(float(out.metrics["omega"]))
     assert int(profit_optax.find_profit_state(state).count) == 0
@@ -134,8 +134,8 @@ def test_opaque_profit_after_warmup():
 
 
 def test_zero_warmup_is_profit():
-  params0, batches = _problem(1)
-  p0 = _to_jax(params0)
+  params0, batches = helpers.problem(1)
+  p0 = helpers.to_jax(params0)
   make = lambda: profit_optax.profit(optax.adam(LR), LR / 10)
   got, _, _ = _drive(
     profit_optax.profit_warmup(optax.sgd(1.0), make(), 0), p0, batches[:8]

@@ -26,9 +26,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from profit_optax._src._common import (
+  MaskOrFn,
+  _acc_dtype,
+  _broadcast_mask,
+  _check_mask_arg,
+  _check_state,
+  _check_transformation,
+  _dtype_of,
+  _leaf_name,
+  _zeros_like_sharded,
+)
+
 __all__ = ["FTPState", "ftp"]
 
-MaskOrFn = Any | Callable[[optax.Params], Any]
 ChannelAxis = int | tuple[int, ...] | Callable[[tuple, Any], Any] | None
 
 
@@ -98,10 +109,6 @@ class FTPState(NamedTuple):
 # --------------------------------------------------------------------------
 
 
-def _is_concrete(x: Any) -> bool:
-  return not isinstance(x, jax.core.Tracer)
-
-
 def _check_number(
   name: str,
   value: Any,
@@ -147,20 +154,6 @@ def _check_number(
     )
 
 
-def _check_transformation(name: str, tx: Any) -> None:
-  if not (
-    hasattr(tx, "init")
-    and hasattr(tx, "update")
-    and callable(tx.init)
-    and callable(tx.update)
-  ):
-    raise TypeError(
-      f"`{name}` must be an optax GradientTransformation (an object with"
-      f" `init` and `update`), e.g. optax.sgd(1e-2, momentum=0.9) or"
-      f" optax.adamw(1e-4); got {tx!r}."
-    )
-
-
 def _check_params(params: Any) -> None:
   if params is None:
     raise ValueError(
@@ -169,21 +162,6 @@ def _check_params(params: Any) -> None:
       " FTP needs them: `init(params)` stores the pretrained weights θ0 and"
       " `update(grads, state, params)` projects the step back toward them."
     )
-
-
-def _dtype_of(x: Any) -> Any:
-  """The dtype of an array, scalar or jax.ShapeDtypeStruct."""
-  dtype = getattr(x, "dtype", None)
-  return jnp.dtype(dtype) if dtype is not None else jnp.result_type(x)
-
-
-def _acc_dtype(dtype: Any) -> Any:
-  """The dtype in which FTP computes a leaf: at least float32."""
-  return jnp.promote_types(dtype, jnp.float32)
-
-
-def _leaf_name(path: Any) -> str:
-  return jax.tree_util.keystr(path) or "(root)"
 
 
 def _check_channel_axis_arg(channel_axis: Any) -> Any:
@@ -276,18 +254,9 @@ def _expand_mask(mask: MaskOrFn, params: Any, treedef: Any) -> list[bool]:
   if mask is None:
     return [True] * treedef.num_leaves
   tree = mask(params) if callable(mask) else mask
-  if isinstance(tree, (jax.Array, np.ndarray)):
-    raise TypeError(
-      "`mask` must be a pytree of Python bools (one per parameter leaf, or"
-      " per subtree) or a callable of the params returning one, as in"
-      f" optax.masked; got an array of shape {np.shape(tree)}. Masks are"
-      " static: use True/False, not arrays."
-    )
+  _check_mask_arg("mask", tree)
   try:
-    full = jax.tree.map(
-      lambda m, sub: jax.tree.map(lambda _: m, sub), tree, params
-    )
-    flags = treedef.flatten_up_to(full)
+    flags = treedef.flatten_up_to(_broadcast_mask(tree, params))
   except (ValueError, TypeError) as e:
     raise ValueError(
       "`mask` must be a pytree of bools with the structure of `params` (or a"
@@ -360,19 +329,6 @@ def _copy(p: Any) -> Any:
   if isinstance(p, jax.ShapeDtypeStruct):
     return jnp.zeros_like(p)
   return jnp.array(p, copy=True)
-
-
-def _zeros_like_sharded(p: Any) -> Any:
-  """Zeros shaped like ``p`` that keep its sharding under jit.
-
-  ``jnp.zeros_like`` inside ``jit`` is a constant, laid out on one device
-  whatever the sharding of ``p``; a select that never takes ``p`` (so never
-  lets a NaN of it through) is derived from ``p`` and inherits its sharding.
-  """
-  if isinstance(p, jax.ShapeDtypeStruct):
-    return jnp.zeros_like(p)
-  p = jnp.asarray(p)
-  return jnp.where(jnp.zeros(p.shape, jnp.bool_), p, jnp.zeros((), p.dtype))
 
 
 def _row_shape(shape: tuple[int, ...], reduce_axes: tuple[int, ...]) -> tuple:
@@ -566,7 +522,9 @@ def ftp(
     Tian et al., `Fast Trainable Projection for Robust Fine-Tuning
     <https://arxiv.org/abs/2310.19182>`_, 2023
   """
-  _check_transformation("optimizer", optimizer)
+  _check_transformation(
+    "optimizer", optimizer, "optax.sgd(1e-2, momentum=0.9) or optax.adamw(1e-4)"
+  )
   optimizer = optax.with_extra_args_support(optimizer)
   _check_number(
     "k",
@@ -632,11 +590,7 @@ def ftp(
 
   def update_fn(updates, state, params=None, **extra_args):
     _check_params(params)
-    if not isinstance(state, FTPState):
-      raise TypeError(
-        "`state` must be the FTPState returned by this transformation's"
-        f" `init`; got {type(state).__name__}."
-      )
+    _check_state(state, FTPState)
     treedef, plan = _plan(params, mask, channel_axis)
     grads = _flatten_like("updates", treedef, updates)
     inner_updates, inner_state = optimizer.update(

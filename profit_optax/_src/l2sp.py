@@ -10,211 +10,31 @@ where ``w_S`` are the backbone weights shared with the pretrained model,
 module adds its gradient, ``α(w − w⁰)`` on the backbone and ``β w`` on the
 head, to the gradient (the paper's form), or applies it as a decoupled update
 scaled by a learning rate (the AdamW-style form).
-
-The helpers at the top are shared with :mod:`profit_optax._src.spd`.
 """
 
 from __future__ import annotations
 
-import numbers
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from profit_optax._src._common import (
+  MaskOrFn,
+  _acc_dtype,
+  _check_hyperparameter,
+  _check_init_args,
+  _check_mask_arg,
+  _check_update_args,
+  _expand_mask,
+  _init_pretrained,
+  _is_concrete_number,
+  _value_at,
+)
+
 __all__ = ["L2SPState", "l2sp"]
-
-
-# --------------------------------------------------------------------------
-# Helpers shared by the toolkit's transformations (l2sp, spd)
-# --------------------------------------------------------------------------
-
-MaskOrFn = Any | Callable[[optax.Params], Any]
-
-
-def _acc_dtype(dtype: Any) -> Any:
-  """The dtype in which a regularizer is computed: at least float32."""
-  return jnp.promote_types(dtype, jnp.float32)
-
-
-def _is_concrete_number(x: Any) -> bool:
-  if isinstance(x, (bool, np.bool_)):
-    return False
-  if isinstance(x, numbers.Real):
-    return True
-  if isinstance(x, (np.ndarray, jax.Array)) and not isinstance(
-    x, jax.core.Tracer
-  ):
-    return np.ndim(x) == 0 and not jnp.issubdtype(x.dtype, jnp.bool_)
-  return False
-
-
-def _check_hyperparameter(name: str, value: Any, hint: str) -> None:
-  """Checks a non-negative scalar hyperparameter or an optax schedule.
-
-  Traced values (injected by ``optax.inject_hyperparams`` under ``jit``) are
-  accepted unchecked; concrete ones must be finite and >= 0.
-  """
-  if callable(value) or isinstance(value, jax.core.Tracer):
-    return
-  if not _is_concrete_number(value):
-    raise TypeError(
-      f"`{name}` must be a non-negative float or an optax schedule (a"
-      f" callable of the step count); got {value!r} of type"
-      f" {type(value).__name__}. {hint}"
-    )
-  v = float(value)
-  if not np.isfinite(v) or v < 0:
-    raise ValueError(f"`{name}` must be finite and >= 0; got {v!r}. {hint}")
-
-
-def _check_params(params: Any, who: str) -> None:
-  if params is None:
-    raise ValueError(
-      f"You are not passing `params`: {who} needs the current parameters"
-      " (it stores the pretrained weights at init and uses the parameters"
-      " in every update); call `init(params)` and"
-      " `update(updates, state, params)`."
-    )
-
-
-def _has_leaves(tree: Any) -> bool:
-  # ``optax.tree.map_params`` calls ``init`` with a leafless placeholder: there
-  # is nothing to check or copy then.
-  return bool(jax.tree_util.tree_leaves(tree))
-
-
-def _check_float_params(params: Any, who: str) -> None:
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    dtype = jnp.result_type(leaf)
-    if not jnp.issubdtype(dtype, jnp.inexact):
-      raise TypeError(
-        f"{who} acts on floating-point parameters, but `params` leaf"
-        f" {jax.tree_util.keystr(path) or '(root)'} has dtype {dtype}."
-        " Convert it to a float dtype, or keep it out of the optimizer with"
-        " optax.masked / optax.multi_transform (e.g. optax.set_to_zero())."
-      )
-
-
-def _check_tree_like(name: str, tree: Any, params: Any) -> None:
-  """``tree`` must have the structure and leaf shapes of ``params``."""
-  t1 = jax.tree_util.tree_structure(tree)
-  t2 = jax.tree_util.tree_structure(params)
-  if t1 != t2:
-    raise ValueError(
-      f"`{name}` must have the same tree structure as `params`, one leaf per"
-      f" parameter leaf. Got {name}: {t1}; params: {t2}."
-    )
-  for (path, a), b in zip(
-    jax.tree_util.tree_leaves_with_path(tree), jax.tree_util.tree_leaves(params)
-  ):
-    if jnp.shape(a) != jnp.shape(b):
-      raise ValueError(
-        f"`{name}` leaf {jax.tree_util.keystr(path) or '(root)'} has shape"
-        f" {jnp.shape(a)} but the matching `params` leaf has shape"
-        f" {jnp.shape(b)}; pass values of the same shapes as the parameters."
-      )
-
-
-def _check_mask_arg(name: str, mask: Any) -> None:
-  if mask is None or callable(mask):
-    return
-  if isinstance(mask, (jax.Array, np.ndarray)):
-    raise TypeError(
-      f"`{name}` must be a pytree of Python bools (one per parameter leaf,"
-      " or per subtree) or a callable of the params returning one, as in"
-      f" optax.masked; got an array of shape {np.shape(mask)}. Masks are"
-      " static: use True/False, not arrays."
-    )
-
-
-def _expand_mask(name: str, mask: MaskOrFn, params: Any) -> Any:
-  """A mask (or a callable of params returning one) as a tree of bools with
-  the structure of ``params``.
-
-  Like ``optax.masked``, the mask may be a prefix of ``params``: a bool at a
-  subtree applies to all its leaves. Masks are static: their leaves must be
-  Python (or NumPy) bools, never traced arrays.
-  """
-  tree = mask(params) if callable(mask) else mask
-  try:
-    full = jax.tree.map(
-      lambda m, sub: jax.tree.map(lambda _: m, sub), tree, params
-    )
-  except (ValueError, TypeError) as e:
-    raise ValueError(
-      f"`{name}` must be a pytree of bools with the structure of `params`"
-      " (or a prefix of it: a bool at a subtree applies to all its leaves),"
-      f" or a callable of the params returning one. Got {name}:"
-      f" {jax.tree_util.tree_structure(tree)}; params:"
-      f" {jax.tree_util.tree_structure(params)}."
-    ) from e
-  for path, m in jax.tree_util.tree_leaves_with_path(full):
-    if not isinstance(m, (bool, np.bool_)):
-      raise TypeError(
-        f"`{name}` leaf {jax.tree_util.keystr(path) or '(root)'} must be a"
-        f" Python bool, got {m!r} of type {type(m).__name__}. Masks are"
-        " static (they choose which computation each leaf gets): compute"
-        " them from the tree structure or names, not from array values."
-      )
-  return jax.tree.map(bool, full)
-
-
-def _copy_like(source: Any, params: Any) -> Any:
-  """A fresh copy of ``source`` with the dtypes (and placement) of ``params``.
-
-  A copy, never an alias: donating the parameters to a jitted step must not
-  delete the stored pretrained weights. Under ``jit`` the copy inherits the
-  parameters' sharding by propagation; outside ``jit``, a given ``source`` is
-  put where the matching parameter lives.
-  """
-
-  def copy(s, p):
-    dtype = jnp.result_type(p)
-    if isinstance(s, jax.ShapeDtypeStruct):
-      # Abstract parameters (planning a layout): a placeholder of the right
-      # shape, dtype and sharding, as optax's own states get.
-      return jnp.zeros_like(s, dtype=dtype)
-    out = jnp.array(s, dtype=dtype, copy=True)
-    if (
-      isinstance(p, jax.Array)
-      and not isinstance(p, jax.core.Tracer)
-      and not isinstance(out, jax.core.Tracer)
-    ):
-      out = jax.device_put(out, p.sharding)
-    return out
-
-  return jax.tree.map(copy, source, params)
-
-
-def _init_pretrained(pretrained: Any, params: Any) -> Any:
-  """The stored copy of the pretrained weights (``params`` when None)."""
-  if pretrained is None or not _has_leaves(params):
-    return _copy_like(params, params)
-  _check_tree_like("pretrained", pretrained, params)
-  return _copy_like(pretrained, params)
-
-
-def _value_at(value: Any, count: jax.Array) -> Any:
-  return value(count) if callable(value) else value
-
-
-def _check_updates(updates: Any, params: Any) -> None:
-  t1 = jax.tree_util.tree_structure(updates)
-  t2 = jax.tree_util.tree_structure(params)
-  if t1 != t2:
-    raise ValueError(
-      "`updates` must have the same tree structure as `params` (one"
-      f" gradient leaf per parameter leaf). Got updates: {t1}; params: {t2}."
-    )
-
-
-# --------------------------------------------------------------------------
-# L2-SP
-# --------------------------------------------------------------------------
 
 
 class L2SPState(NamedTuple):
@@ -412,15 +232,10 @@ def l2sp(
     )
 
   def head_tree(params):
-    if head_mask is None:
-      return jax.tree.map(lambda _: False, params)
-    return _expand_mask("head_mask", head_mask, params)
+    return _expand_mask("head_mask", head_mask, params, default=False)
 
   def init_fn(params):
-    _check_params(params, "l2sp")
-    if _has_leaves(params):
-      _check_float_params(params, "l2sp")
-      head_tree(params)  # validates the mask against the parameters
+    _check_init_args(params, "l2sp", head_tree)
     return L2SPState(
       count=jnp.zeros((), jnp.int32),
       pretrained=_init_pretrained(pretrained, params),
@@ -428,13 +243,7 @@ def l2sp(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    _check_params(params, "l2sp")
-    if not isinstance(state, L2SPState):
-      raise TypeError(
-        "`state` must be the L2SPState returned by this transformation's"
-        f" `init`; got {type(state).__name__}."
-      )
-    _check_updates(updates, params)
+    _check_update_args(updates, state, params, "l2sp", L2SPState)
     is_head = head_tree(params)
     a = _value_at(alpha, state.count)
     b = _value_at(beta, state.count)

@@ -31,6 +31,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from profit_optax._src import _common
+from profit_optax._src._common import (
+  _acc_dtype,
+  _check_float_params,
+  _check_state,
+  _check_transformation,
+  _dtype_of,
+  _is_concrete_number,
+  _zeros_like_sharded,
+)
+
 __all__ = [
   "ProfitDiagnostics",
   "ProfitState",
@@ -276,18 +287,6 @@ def get_diagnostics(state: optax.OptState) -> ProfitDiagnostics:
 # --------------------------------------------------------------------------
 
 
-def _is_concrete_number(x: Any) -> bool:
-  if isinstance(x, (bool, np.bool_)):
-    return False
-  if isinstance(x, numbers.Real):
-    return True
-  if isinstance(x, (np.ndarray, jax.Array)) and not isinstance(
-    x, jax.core.Tracer
-  ):
-    return np.ndim(x) == 0
-  return False
-
-
 def _check_rate(name: str, value: Any) -> None:
   """Checks a learning rate given as a number, array or schedule."""
   if callable(value):
@@ -303,7 +302,7 @@ def _check_rate(name: str, value: Any) -> None:
       f" callable of the step count); got {value!r} of type"
       f" {type(value).__name__}."
     )
-  if _is_concrete_number(value):
+  if _is_concrete_number(value, bool_arrays=True):
     v = float(value)
     if not np.isfinite(v) or v < 0:
       raise ValueError(
@@ -338,26 +337,14 @@ def _check_n_ref(n_ref: Any) -> int:
   return int(n_ref)
 
 
-def _check_transformation(name: str, tx: Any) -> None:
-  if not (
-    hasattr(tx, "init")
-    and hasattr(tx, "update")
-    and callable(tx.init)
-    and callable(tx.update)
-  ):
-    raise TypeError(
-      f"`{name}` must be an optax GradientTransformation (an object with"
-      f" `init` and `update`), e.g. optax.adam(1e-3); got {tx!r}."
-    )
-
-
 def _check_params(params: Any) -> None:
-  if params is None:
-    raise ValueError(
-      "You are not passing `params`: PROFIT needs the current parameters"
-      " (it stores the anchor and steps from it); call `init(params)` and"
-      " `update(grads, state, params)`."
-    )
+  """``params`` must be given (to ``init`` and ``update`` of PROFIT)."""
+  _common._check_params(
+    params,
+    "PROFIT",
+    why="it stores the anchor and steps from it",
+    grads="grads",
+  )
 
 
 def _check_dtype(name: str, dtype: Any) -> Any:
@@ -374,18 +361,6 @@ def _check_dtype(name: str, dtype: Any) -> Any:
       f" parameters' dtype); got {dtype}."
     )
   return dtype
-
-
-def _check_float_params(params: Any) -> None:
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    dtype = _dtype_of(leaf)
-    if not jnp.issubdtype(dtype, jnp.inexact):
-      raise TypeError(
-        f"PROFIT moves floating-point parameters, but `params` leaf"
-        f" {jax.tree_util.keystr(path) or '(root)'} has dtype {dtype}."
-        " Convert it to a float dtype, or keep it out of the optimizer with"
-        " optax.masked / optax.multi_transform (e.g. optax.set_to_zero())."
-      )
 
 
 def _check_same_tree(
@@ -427,7 +402,7 @@ def _check_options(
   if ref_trust_radius is not None and not isinstance(
     ref_trust_radius, jax.core.Tracer
   ):
-    if not _is_concrete_number(ref_trust_radius):
+    if not _is_concrete_number(ref_trust_radius, bool_arrays=True):
       raise TypeError(
         "`ref_trust_radius` must be None or a float r > 0 (the bound on"
         " ‖Δ‖ relative to ‖anchor‖, e.g. 1e-3); got"
@@ -459,7 +434,7 @@ def _check_options(
   ):
     if isinstance(v, jax.core.Tracer):
       continue  # injected by optax.inject_hyperparams
-    if not _is_concrete_number(v) or not ok(float(v)):
+    if not _is_concrete_number(v, bool_arrays=True) or not ok(float(v)):
       raise ValueError(
         f"`{name}` must be a float {'in [0, 1)' if 'b2' in name else '> 0'}"
         f" matching the main optimizer's; got {v!r}."
@@ -469,17 +444,6 @@ def _check_options(
 # --------------------------------------------------------------------------
 # Tree maths
 # --------------------------------------------------------------------------
-
-
-def _dtype_of(x: Any) -> Any:
-  """The dtype of an array, scalar or jax.ShapeDtypeStruct."""
-  dtype = getattr(x, "dtype", None)
-  return jnp.dtype(dtype) if dtype is not None else jnp.result_type(x)
-
-
-def _acc_dtype(dtype: Any) -> Any:
-  """The dtype in which inner products are accumulated: >= float32."""
-  return jnp.promote_types(dtype, jnp.float32)
 
 
 def _tree_acc_dtype(tree: Any) -> Any:
@@ -520,19 +484,6 @@ def _tree_all_finite(tree: Any) -> jax.Array:
   if not leaves:
     return jnp.ones((), jnp.bool_)
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
-def _zeros_like_sharded(p: Any, dtype: Any) -> Any:
-  """Zeros shaped like ``p``, in ``dtype``, that keep its sharding under jit.
-
-  ``jnp.zeros_like`` inside ``jit`` is a constant that the compiler may lay
-  out on one device; a select that never takes ``p`` (so no NaN of it can
-  pass) derives from ``p`` and inherits its sharding.
-  """
-  if isinstance(p, jax.ShapeDtypeStruct):
-    return jnp.zeros(p.shape, dtype)
-  p = jnp.asarray(p)
-  return jnp.where(jnp.zeros(p.shape, jnp.bool_), p, 0).astype(dtype)
 
 
 def _match_state_types(new: Any, old: Any) -> Any:
@@ -1359,7 +1310,7 @@ def profit(
 
   def init_fn(params):
     _check_params(params)
-    _check_float_params(params)
+    _check_float_params(params, "PROFIT", verb="moves", dtype_of=_dtype_of)
     if opaque_mode:
       delta = optax.EmptyState()
     else:
@@ -1395,11 +1346,7 @@ def profit(
     **extra_args: Any,
   ) -> tuple[optax.Updates, ProfitState]:
     _check_params(params)
-    if not isinstance(state, ProfitState):
-      raise TypeError(
-        "`state` must be the ProfitState returned by this transformation's"
-        f" `init`; got {type(state).__name__}."
-      )
+    _check_state(state, ProfitState)
     _check_same_tree("updates", updates, params)
     if opaque_mode:
       if grad_fn is None:

@@ -10,22 +10,22 @@ any inner optax optimizer.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from profit_optax._src.l2sp import (
+from profit_optax._src._common import (
   MaskOrFn,
   _acc_dtype,
-  _check_float_params,
   _check_hyperparameter,
+  _check_init_args,
   _check_mask_arg,
-  _check_params,
+  _check_transformation,
+  _check_update_args,
   _check_updates,
   _expand_mask,
-  _has_leaves,
   _init_pretrained,
   _value_at,
 )
@@ -70,19 +70,6 @@ _SPD_HINT = (
   " values in [0, 1] keep each decayed step between the inner optimizer's"
   " result and the pretrained weights."
 )
-
-
-def _check_transformation(tx: Any) -> None:
-  if not (
-    hasattr(tx, "init")
-    and hasattr(tx, "update")
-    and callable(tx.init)
-    and callable(tx.update)
-  ):
-    raise TypeError(
-      "`optimizer` must be an optax GradientTransformation (an object with"
-      f" `init` and `update`), e.g. optax.adam(1e-4); got {tx!r}."
-    )
 
 
 def spd(
@@ -219,21 +206,16 @@ def spd(
     Tian et al., `Rethinking Weight Decay for Robust Fine-Tuning of
     Foundation Models <https://arxiv.org/abs/2411.01713>`_, 2024
   """
-  _check_transformation(optimizer)
+  _check_transformation("optimizer", optimizer, "optax.adam(1e-4)")
   optimizer = optax.with_extra_args_support(optimizer)
   _check_hyperparameter("weight_decay", weight_decay, _SPD_HINT)
   _check_mask_arg("mask", mask)
 
   def mask_tree(params):
-    if mask is None:
-      return jax.tree.map(lambda _: True, params)
-    return _expand_mask("mask", mask, params)
+    return _expand_mask("mask", mask, params, default=True)
 
   def init_fn(params):
-    _check_params(params, "spd")
-    if _has_leaves(params):
-      _check_float_params(params, "spd")
-      mask_tree(params)  # validates the mask against the parameters
+    _check_init_args(params, "spd", mask_tree)
     return SPDState(
       count=jnp.zeros((), jnp.int32),
       inner_state=optimizer.init(params),
@@ -241,13 +223,7 @@ def spd(
     )
 
   def update_fn(updates, state, params=None, **extra_args):
-    _check_params(params, "spd")
-    if not isinstance(state, SPDState):
-      raise TypeError(
-        "`state` must be the SPDState returned by this transformation's"
-        f" `init`; got {type(state).__name__}."
-      )
-    _check_updates(updates, params)
+    _check_update_args(updates, state, params, "spd", SPDState)
     selected = mask_tree(params)
     inner_updates, inner_state = optimizer.update(
       updates, state.inner_state, params, **extra_args

@@ -18,10 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from profit_optax._src._common import (
+  _check_state,
+  _check_transformation,
+  _dtype_of,
+)
 from profit_optax._src.profit import (
   ProfitState,
   _check_params,
-  _check_transformation,
   _match_state_types,
   find_profit_state,
 )
@@ -275,7 +279,7 @@ def profit_warmup(
       same = jax.tree_util.tree_structure(
         warmup_state
       ) == jax.tree_util.tree_structure(inner) and all(
-        jnp.shape(a) == jnp.shape(b) and _dtype(a) == _dtype(b)
+        jnp.shape(a) == jnp.shape(b) and _dtype_of(a) == _dtype_of(b)
         for a, b in zip(
           jax.tree_util.tree_leaves(warmup_state),
           jax.tree_util.tree_leaves(inner),
@@ -300,11 +304,7 @@ def profit_warmup(
 
   def update_fn(updates, state, params=None, **extra_args):
     _check_params(params)
-    if not isinstance(state, ProfitWarmupState):
-      raise TypeError(
-        "`state` must be the ProfitWarmupState returned by this"
-        f" transformation's `init`; got {type(state).__name__}."
-      )
+    _check_state(state, ProfitWarmupState)
     warmup_args = {k: v for k, v in extra_args.items() if k not in _PROFIT_ONLY}
     # The branches close over the keyword arguments (which may be
     # callables); the arrays are the operands.
@@ -321,7 +321,3 @@ def profit_warmup(
     return updates, state._replace(count=optax.safe_increment(state.count))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _dtype(x: Any) -> Any:
-  return jnp.result_type(x) if not hasattr(x, "dtype") else jnp.dtype(x.dtype)

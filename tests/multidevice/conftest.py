@@ -4,5 +4,18 @@ them in a subprocess (tests/test_multidevice.py); elsewhere they are skipped.
 """
 
 import jax
+import pytest
 
-collect_ignore_glob = [] if jax.device_count() >= 8 else ["test_*.py"]
+from tests.helpers import N_DEV
+
+collect_ignore_glob = [] if jax.device_count() >= N_DEV else ["test_*.py"]
+
+
+@pytest.fixture(scope="module")
+def mesh():
+  """A mesh of the 8 devices along one axis, "data"."""
+  assert jax.device_count() >= N_DEV
+  # Auto axes: plain jax.jit propagates the shardings (no set_mesh needed).
+  return jax.make_mesh(
+    (N_DEV,), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
+  )

@@ -6,23 +6,13 @@ import chex
 import jax
 import jax.numpy as jnp
 import optax
-import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import profit_optax
+from tests import helpers
 
-N_DEV = 8
 STEPS = 6
-
-
-@pytest.fixture(scope="module")
-def mesh():
-  assert jax.device_count() >= N_DEV
-  # Auto axes: plain jax.jit propagates the shardings.
-  return jax.make_mesh(
-    (N_DEV,), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
-  )
 
 
 def init_params(key, dtype=jnp.float32):
@@ -82,16 +72,7 @@ def make_tx():
 
 
 def run(tx, params, data, shard_batch=lambda b: b):
-  @jax.jit
-  def call(params, state, batch):
-    grads = jax.grad(loss_fn)(params, batch)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  state = jax.jit(tx.init)(params)
-  for batch in data:
-    params, state = call(params, state, shard_batch(batch))
-  return params, state
+  return helpers.run_batches(loss_fn, tx, params, data, shard_batch)
 
 
 def projected(tree):
@@ -155,16 +136,7 @@ def test_init_from_shape_dtype_struct(mesh):
   tx = make_tx()
   params = init_params(jax.random.PRNGKey(0))
   shards = shardings(mesh)
-  abstract = jax.tree.map(
-    lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s),
-    params,
-    shards,
-  )
-  direct = tx.init(abstract)
-  shapes = jax.eval_shape(tx.init, abstract)
-  concrete = tx.init(params)
-  chex.assert_trees_all_equal_shapes_and_dtypes(direct, concrete)
-  chex.assert_trees_all_equal_shapes_and_dtypes(shapes, concrete)
+  direct, _ = helpers.init_abstract_like_concrete(tx, params, shards)
   assert_sharded_like(projected(direct.pretrained), projected(shards))
 
 

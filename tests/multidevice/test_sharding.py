@@ -11,18 +11,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import profit_optax
+from tests import helpers
 
-N_DEV = 8
 STEPS = 10  # PROFIT steps
-
-
-@pytest.fixture(scope="module")
-def mesh():
-  assert jax.device_count() >= N_DEV
-  # Auto axes: plain jax.jit propagates the shardings (no set_mesh needed).
-  return jax.make_mesh(
-    (N_DEV,), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
-  )
 
 
 def init_params(key):
@@ -61,16 +52,7 @@ def replicated(mesh, tree):
 
 
 def run_per_call(tx, params, data, shard_batch=lambda b: b):
-  @jax.jit
-  def call(params, state, batch):
-    grads = jax.grad(loss_fn)(params, batch)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  state = jax.jit(tx.init)(params)
-  for batch in data:
-    params, state = call(params, state, shard_batch(batch))
-  return params, state
+  return helpers.run_batches(loss_fn, tx, params, data, shard_batch)
 
 
 def run_whole_step(tx, params, data, n, shard_batch=lambda b: b):
@@ -171,16 +153,7 @@ def test_init_from_shape_dtype_struct(mesh):
   tx = profit_optax.profit(optax.adam(1e-2), 1e-3)
   params = init_params(jax.random.PRNGKey(0))
   shardings = fsdp_sharding(mesh, params)
-  abstract = jax.tree.map(
-    lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s),
-    params,
-    shardings,
-  )
-  direct = tx.init(abstract)
-  shapes = jax.eval_shape(tx.init, abstract)
-  concrete = tx.init(params)
-  chex.assert_trees_all_equal_shapes_and_dtypes(direct, concrete)
-  chex.assert_trees_all_equal_shapes_and_dtypes(shapes, concrete)
+  direct, shapes = helpers.init_abstract_like_concrete(tx, params, shardings)
   # A state laid out from the abstract one, as a sharded restore would be.
   out_shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), shapes)
   out_shardings = out_shardings._replace(delta=shardings)
@@ -199,7 +172,7 @@ def test_sharding_in_types_preserved(explicit):
     if explicit
     else (jax.sharding.AxisType.Auto,)
   )
-  mesh = jax.make_mesh((N_DEV,), ("x",), axis_types=axis_types)
+  mesh = jax.make_mesh((helpers.N_DEV,), ("x",), axis_types=axis_types)
   sharding = NamedSharding(mesh, P(None, "x"))
   tx = profit_optax.profit(optax.adam(1.0), 0.1)
   with jax.set_mesh(mesh):

@@ -12,17 +12,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import profit_optax
+from tests import helpers
 
-N_DEV = 8
 STEPS = 5
-
-
-@pytest.fixture(scope="module")
-def mesh():
-  assert jax.device_count() >= N_DEV
-  return jax.make_mesh(
-    (N_DEV,), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
-  )
 
 
 def init_params(key, dtype=jnp.float32):
@@ -93,12 +85,7 @@ def assert_same_sharding(tree, shardings):
 
 
 def make_step(tx):
-  @jax.jit
-  def step(params, state, x):
-    updates, state = tx.update(jax.grad(loss_fn)(params, x), state, params)
-    return optax.apply_updates(params, updates), state
-
-  return step
+  return helpers.make_loss_call(loss_fn, tx)
 
 
 @pytest.mark.parametrize("layout", ["fsdp", "mixed"])
@@ -191,7 +178,7 @@ def test_sharding_in_types_preserved(name, explicit):
   axis_type = (
     jax.sharding.AxisType.Explicit if explicit else jax.sharding.AxisType.Auto
   )
-  mesh = jax.make_mesh((N_DEV,), ("x",), axis_types=(axis_type,))
+  mesh = jax.make_mesh((helpers.N_DEV,), ("x",), axis_types=(axis_type,))
   sharding = NamedSharding(mesh, P(None, "x"))
   tx = TRANSFORMS[name]()
   with jax.set_mesh(mesh):
