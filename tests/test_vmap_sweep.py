@@ -110,3 +110,29 @@ def test_profit_step_sweep_keeps_the_main_optimizer_off_reference_calls():
   # Larger reference rates move Δ further.
   norms = np.asarray(metrics["delta_norm"])
   assert norms[0] > norms[1] > norms[2] > 0
+
+
+def test_profit_step_and_opaque_mode_have_no_conditional():
+  # Without vmap too: the phase schedule is static, so neither the whole-step
+  # helper nor the opaque drive holds a lax.cond, whose data-dependent
+  # predicate an accelerator would send to the host on every call.
+  params = {"w": jnp.zeros(4)}
+  batches = jnp.ones((2, 8, 4))
+  tx = profit_optax.profit(optax.adam(1e-2), 1e-3)
+  state = tx.init(params)
+  step = lambda p, s: profit_optax.profit_step(loss_fn, tx, p, s, batches)
+  assert count(jax.make_jaxpr(step)(params, state), "cond") == 0
+
+  opaque = profit_optax.profit(optax.adam(1e-2), 1e-3, opaque_mode=True)
+  grad = jax.grad(loss_fn)
+
+  def whole(p, s):
+    return opaque.update(
+      grad(p, batches[0]), s, p, grad_fn=lambda q, i: grad(q, batches[i + 1])
+    )
+
+  jaxpr = jax.make_jaxpr(whole)(params, opaque.init(params))
+  assert count(jaxpr, "cond") == 0
+  # The per-call drive reading the phase from the state has exactly one.
+  per_call = jax.make_jaxpr(lambda p, s: tx.update(grad(p, batches[0]), s, p))
+  assert count(per_call(params, state), "cond") == 1
