@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from benchmarks._common import report as rep
 from benchmarks.toy import __main__ as toy_cli
 from benchmarks.toy import run, task
 
@@ -123,3 +124,86 @@ def test_calibration_quick(tmp_path):
 def test_protocol_rejects_unknown_schedule():
   with pytest.raises(ValueError, match="schedule"):
     task.Protocol(batch=32, schedule="linear").optimizer()
+
+
+@pytest.fixture(scope="module")
+def toolkit_quick(tmp_path_factory):
+  out = tmp_path_factory.mktemp("toolkit")
+  records = toy_cli.main(
+    [
+      "--quick",
+      "--toolkit",
+      "--seeds",
+      "2",
+      "--no-cache",
+      "--no-progress",
+      "--out",
+      str(out),
+    ]
+  )
+  return out, records
+
+
+def test_toolkit_has_every_front_with_its_knobs(toolkit_quick):
+  out, records = toolkit_quick
+  assert {r["protocol"] for r in records} == {"calibrated"}
+  assert {r["seed"] for r in records} == {0, 1}
+  runs = [r for r in records if r.get("front") not in (None, "pretrained")]
+  required = {"front", "knob", "knob_name", "method", "seed", "metric"}
+  for r in runs:
+    assert required | {"value", "protocol"} <= r.keys()
+  for front in (*run.TOOLKIT_FRONTS, "full", "wise-ft", "profit-ratio"):
+    for seed in (0, 1):
+      knobs = {
+        r["knob"] for r in runs if r["front"] == front and r["seed"] == seed
+      }
+      assert len(knobs) >= 4, front
+  for r in runs:
+    if r["front"].startswith("profit"):
+      assert r["lr_ref"] > 0 and isinstance(r["ref_stable"], bool)
+    if r["front"] in run.TOOLKIT_FRONTS:
+      assert isinstance(r["diverged"], bool)
+  warmup = [r for r in runs if r["front"] == "profit-warmup"]
+  # 10 % of the run's update calls, a whole number of PROFIT cycles.
+  meta = json.loads((out / "toy_toolkit_quick.json").read_text())["meta"]
+  calls = {r["calls"] for r in warmup}
+  assert meta["warmup_calls"] == 0.1 * calls.pop()
+  assert meta["warmup_calls"] % (run.DEFAULT_N_REF + 1) == 0
+  assert {r["lr_ref"] for r in warmup} == {
+    run.Config().finetune.lr / k for k in run.RATIOS
+  }
+
+
+def test_toolkit_report(toolkit_quick):
+  out, _ = toolkit_quick
+  md = (out / "toy_toolkit_quick.md").read_text()
+  assert "paired by seed" in md
+  assert "The stable reference step, seed by seed" in md
+  # The per-seed table: one row per seed, plain PROFIT and every knob of
+  # the two stable-reference options.
+  header = next(ln for ln in md.splitlines() if ln.startswith("| seed |"))
+  assert "PROFIT lr/10" in header and "λ_max" in header
+  assert header.count("trust r") == len(run.TRUST_RADII)
+  assert header.count("precond /") == len(run.RATIOS)
+  for seed in (0, 1):
+    assert any(ln.startswith(f"| {seed} | ") for ln in md.splitlines())
+  for front in run.TOOLKIT_FRONTS:
+    assert f"| {front}, " in md  # its points against the rivals' front
+  assert (out / "toy_toolkit_quick_fronts.png").stat().st_size > 10_000
+  toy_cli.main(
+    ["--from-json", str(out / "toy_toolkit_quick.json"), "--out", str(out)]
+  )
+  assert (out / "toy_toolkit_quick.md").read_text() == md
+
+
+@pytest.mark.parametrize(
+  "argv",
+  [
+    ["--toolkit", "--full"],
+    ["--toolkit", "--calibrate"],
+    ["--toolkit", "--quick", "--out", str(rep.RESULTS)],
+  ],
+)
+def test_toolkit_rejects_other_modes_and_quick_results(argv):
+  with pytest.raises(SystemExit):
+    toy_cli.main(argv)

@@ -16,6 +16,13 @@ STYLES = {
   "wise-ft": ("tab:cyan", "s--"),
   "profit-ratio": ("tab:red", "D-"),
   "profit-nref": ("tab:orange", "^-"),
+  "profit-trust": ("tab:purple", "s-"),
+  "profit-precond": ("tab:brown", "p-"),
+  "profit-leaf": ("tab:pink", "h-"),
+  "profit-warmup": ("k", "x-"),
+  "l2sp": ("tab:green", "v-"),
+  "ftp": ("tab:olive", "P-"),
+  "spd": ("tab:gray", "<-"),
 }
 
 

@@ -18,6 +18,13 @@ the paper's Assumption 2 is shown; the committed ``toy.json`` is this run.
 {constant, cosine} schedules x 5 seeds, then RMSProp's decay at the chosen
 cell. Writes ``toy_calibration.{json,md,png}``.
 
+``--toolkit`` (its estimated run time is in its option's help above): the
+calibrated protocol only, the default run's fronts plus one front per method
+of the fine-tuning-without-forgetting toolkit, each around RMSProp at the
+fine-tuning rate: PROFIT with a trust radius on the reference step, with a
+preconditioned reference step, per layer, and after a warmup; L2-SP; FTP;
+SPD. Writes ``toy_toolkit.{json,md}`` and ``toy_toolkit_fronts.png``.
+
 ``--from-json PATH`` re-renders a report from committed records.
 """
 
@@ -30,6 +37,11 @@ from benchmarks._common import report as rep
 from benchmarks.toy import report, run, task
 
 SEEDS, CALIBRATION_SEEDS = 10, 5
+# --toolkit's run time on 2 CPU cores, an estimate: the toolkit's fronts
+# take about 1.9x the update-call time of the default fronts per seed (each
+# family's compiled chunk timed on 2 loaded cores), added to the default
+# calibrated run's 20 minutes, about half of which is fine-tuning.
+TOOLKIT_MINUTES = 40
 
 
 def main(argv=None):
@@ -50,10 +62,25 @@ def main(argv=None):
     action="store_true",
     help="run the pretraining calibration grid instead",
   )
+  parser.add_argument(
+    "--toolkit",
+    action="store_true",
+    help="the calibrated protocol with one front per method of the toolkit"
+    f" (about {TOOLKIT_MINUTES} minutes on 2 CPU cores: an estimate from"
+    " timed chunks, not a measured run)",
+  )
   args = rep.parse_args(parser, argv, SEEDS)
+  if args.toolkit and (args.calibrate or args.full):
+    parser.error("--toolkit runs the calibrated protocol only.")
   if args.from_json:
-    calibration = "calibration" in args.from_json.stem
-    render = report.calibration if calibration else report.main_report
+    stem = args.from_json.stem
+    render = (
+      report.calibration
+      if "calibration" in stem
+      else report.toolkit_report
+      if "toolkit" in stem
+      else report.main_report
+    )
     return rep.rerender(args.from_json, args.out, render)
   cfg = run.Config().quick() if args.quick else run.Config()
   suffix = "_quick" if args.quick else ""
@@ -64,6 +91,17 @@ def main(argv=None):
       batches = run.GRID_BATCHES if not args.quick else (32, 64, 128)
       records = run.calibrate(seeds, cfg, not args.no_cache, progress, batches)
       figures, protocols = None, {}
+    elif args.toolkit:
+      seeds = list(range(args.seeds))
+      protocols = {"calibrated": task.PROTOCOLS["calibrated"]}
+      records, figures = run.run_protocols(
+        protocols,
+        seeds,
+        cfg,
+        not args.no_cache,
+        progress,
+        fams=run.families(cfg) + run.toolkit_families(cfg),
+      )
     else:
       seeds = list(range(args.seeds))
       protocols = (
@@ -86,11 +124,21 @@ def main(argv=None):
       "seeds": seeds,
       "config": repr(cfg),
       "protocols": {k: repr(v) for k, v in protocols.items()},
+      **({"warmup_calls": run.warmup_calls(cfg)} if args.toolkit else {}),
     }
   )
-  name = ("toy_calibration" if args.calibrate else "toy") + suffix
+  stem = (
+    "toy_calibration"
+    if args.calibrate
+    else "toy_toolkit"
+    if args.toolkit
+    else "toy"
+  )
+  name = stem + suffix
   if args.calibrate:
     md = report.calibration(records, meta, args.out, name)
+  elif args.toolkit:
+    md = report.toolkit_report(records, meta, args.out, name)
   else:
     report.figure2(figures["calibrated"], args.out / f"{name}.png")
     md = report.main_report(records, meta, args.out, name)

@@ -25,6 +25,13 @@ LABELS = {
   "wise-ft": "WiSE-FT",
   "profit-ratio": "PROFIT by lr_main/lr_ref",
   "profit-nref": "PROFIT by n_ref",
+  "profit-trust": "PROFIT lr/10, by ref_trust_radius",
+  "profit-precond": "PROFIT, preconditioned reference, by ratio",
+  "profit-leaf": "PROFIT per layer, by ratio",
+  "profit-warmup": "PROFIT (warmup), by ratio",
+  "l2sp": "L2-SP + RMSProp, by alpha",
+  "ftp": "FTP(RMSProp), by k",
+  "spd": "SPD(RMSProp), by weight_decay",
 }
 
 
@@ -283,44 +290,14 @@ def _protocol_section(records, proto) -> list[str]:
     "| PROFIT point | old MSE | new MSE | gap [CI] | where | verdict |",
     "| --- | ---: | ---: | ---: | --- | --- |",
   ]
-  rivals = []
-  for fam in ("full", "wise-ft"):
-    for knob in sorted(
-      {r["knob"] for r in rep.select(records, protocol=proto, front=fam)}
-    ):
-      o = rep.by_seed(
-        records, protocol=proto, front=fam, knob=knob, metric="mse_old"
-      )
-      n = rep.by_seed(
-        records, protocol=proto, front=fam, knob=knob, metric="mse_new"
-      )
-      rivals.append((np.array(list(o.values())), np.array(list(n.values()))))
-  for fam in ("profit-ratio", "profit-nref"):
-    for knob in sorted(
-      {r["knob"] for r in rep.select(records, protocol=proto, front=fam)}
-    ):
-      o = np.array(
-        list(
-          rep.by_seed(
-            records, protocol=proto, front=fam, knob=knob, metric="mse_old"
-          ).values()
-        )
-      )
-      n = np.array(
-        list(
-          rep.by_seed(
-            records, protocol=proto, front=fam, knob=knob, metric="mse_new"
-          ).values()
-        )
-      )
-      v = stats.front_verdict(
-        (o, n), rivals, higher_is_better=False, stat=np.median
-      )
-      label = f"ratio {knob:g}" if fam == "profit-ratio" else f"n_ref {knob:g}"
-      lines.append(
-        f"| {label} | {_f(float(np.median(o)), 4)} | {_f(float(np.median(n)), 4)} |"
-        f" {_f(v['gap'], 4)} [{_f(v['ci'][0], 4)}, {_f(v['ci'][1], 4)}] | {v['where']} | {v['verdict']} |"
-      )
+  lines += _front_rows(
+    records,
+    proto,
+    ("profit-ratio", "profit-nref"),
+    lambda fam, knob: (
+      f"ratio {knob:g}" if fam == "profit-ratio" else f"n_ref {knob:g}"
+    ),
+  )
   lines += [
     "",
     "### Where PROFIT fails: distance and curvature at the pretrained weights",
@@ -354,6 +331,52 @@ def _protocol_section(records, proto) -> list[str]:
   for knob in run.RATIOS:
     lines.append(f"- {_failure_summary(knob, outcome[knob], lam, base)}")
   lines.append("")
+  return lines
+
+
+RIVALS = ("full", "wise-ft")
+
+
+def _knobs(records, proto, fam) -> list[float]:
+  return sorted(
+    {r["knob"] for r in rep.select(records, protocol=proto, front=fam)}
+  )
+
+
+def _point(records, proto, fam, knob) -> tuple[np.ndarray, np.ndarray]:
+  """A front point's ``(old, new)`` errors, one value per seed."""
+  return tuple(
+    np.array(
+      list(
+        rep.by_seed(
+          records, protocol=proto, front=fam, knob=knob, metric=m
+        ).values()
+      )
+    )
+    for m in ("mse_old", "mse_new")
+  )
+
+
+def _front_rows(records, proto, fams, label) -> list[str]:
+  """One table row per point of ``fams``: where it lies against the
+  rivals' front (full RMSProp by its rate, and WiSE-FT), with its CI.
+  ``label(fam, knob)`` names the point."""
+  rivals = [
+    _point(records, proto, fam, knob)
+    for fam in RIVALS
+    for knob in _knobs(records, proto, fam)
+  ]
+  lines = []
+  for fam in fams:
+    for knob in _knobs(records, proto, fam):
+      o, n = _point(records, proto, fam, knob)
+      v = stats.front_verdict(
+        (o, n), rivals, higher_is_better=False, stat=np.median
+      )
+      lines.append(
+        f"| {label(fam, knob)} | {_f(float(np.median(o)), 4)} | {_f(float(np.median(n)), 4)} |"
+        f" {_f(v['gap'], 4)} [{_f(v['ci'][0], 4)}, {_f(v['ci'][1], 4)}] | {v['where']} | {v['verdict']} |"
+      )
   return lines
 
 
@@ -399,15 +422,33 @@ def _fr(method):
   }[method]
 
 
-def _fronts_figure(records, protocols, path):
+FRONTS = ("full", "wise-ft", "profit-ratio", "profit-nref")
+KNOB_FMT = {
+  "full": "{:g}",
+  "wise-ft": "α{:g}",
+  "profit-ratio": "/{:g}",
+  "profit-nref": "n{:g}",
+  "profit-trust": "r{:g}",
+  "profit-precond": "/{:g}",
+  "profit-leaf": "/{:g}",
+  "profit-warmup": "/{:g}",
+  "l2sp": "α{:g}",
+  "ftp": "k{:g}",
+  "spd": "λ{:g}",
+}
+
+
+def _fronts_figure(records, protocols, path, groups=(("", FRONTS),)):
+  """One panel per protocol and group ``(title, fronts)`` of fronts."""
   import matplotlib.pyplot as plt
 
+  panels = [(p, t, g) for p in protocols for t, g in groups]
   fig, axes = plt.subplots(
-    1, len(protocols), figsize=(6 * len(protocols), 4.8), squeeze=False
+    1, len(panels), figsize=(6 * len(panels), 4.8), squeeze=False
   )
-  for ax, proto in zip(axes[0], protocols):
+  for ax, (proto, title, group) in zip(axes[0], panels):
     fronts = {}
-    for fam in ("full", "wise-ft", "profit-ratio", "profit-nref"):
+    for fam in group:
       by_knob = {}
       for knob in {
         r["knob"] for r in rep.select(records, protocol=proto, front=fam)
@@ -434,16 +475,13 @@ def _fronts_figure(records, protocols, path):
         float(np.median(n)),
         stats.bootstrap(n, np.median),
       )
-    fmt = lambda fam, k: {
-      "full": f"{k:g}",
-      "wise-ft": f"α{k:g}",
-      "profit-ratio": f"/{k:g}",
-      "profit-nref": f"n{k:g}",
-    }[fam]
+    fmt = lambda fam, k: KNOB_FMT[fam].format(k)
     plots.draw_fronts(ax, fronts, points, LABELS, fmt, log=True)
     ax.set_xlabel("old-domain MSE (median, 95% CI)")
     ax.set_ylabel("new-domain MSE (median, 95% CI)")
-    ax.set_title(f"{proto}: lower-left is better")
+    ax.set_title(
+      f"{proto}{', ' + title if title else ''}: lower-left is better"
+    )
     ax.legend(fontsize=7)
   plots.save(fig, path)
 
@@ -524,3 +562,225 @@ def figure2(params: dict, path):
     ax.set_xticks([])
     ax.set_yticks([])
   plots.save(fig, path)
+
+
+# -- toolkit report --------------------------------------------------------------
+
+PROFIT_VARIANTS = (
+  "profit-ratio",
+  "profit-trust",
+  "profit-precond",
+  "profit-leaf",
+  "profit-warmup",
+)
+REGULARISERS = ("l2sp", "ftp", "spd")
+TOOLKIT_ORDER = (
+  "full",
+  "head",
+  "wise-ft",
+  "profit-ratio",
+  "profit-nref",
+  *run.TOOLKIT_FRONTS,
+)
+
+
+def not_finite(records, protocol, method) -> dict[int, bool]:
+  """Seeds on which ``method``'s run blew up: a weight (``diverged``) or an
+  error that is not finite. Such a seed also counts as :func:`failed`."""
+  out = {}
+  for r in rep.select(records, protocol=protocol, method=method):
+    if r["metric"] in ("mse_old", "mse_new"):
+      bad = bool(r.get("diverged")) or not math.isfinite(r["value"])
+      out[r["seed"]] = out.get(r["seed"], False) or bad
+  return dict(sorted(out.items()))
+
+
+def _outcome(fails: dict, blown: dict, seed: int) -> str:
+  if blown.get(seed):
+    return "not finite"
+  return "failed" if fails.get(seed) else "ok"
+
+
+def _runs(records, proto, fams):
+  """``(front, knob, knob_name, method)`` of every run of ``fams``."""
+  out = []
+  for fam in fams:
+    for knob in _knobs(records, proto, fam):
+      rs = rep.select(records, protocol=proto, front=fam, knob=knob)
+      (method,) = {r["method"] for r in rs}
+      out.append((fam, knob, rs[0]["knob_name"], method))
+  return out
+
+
+def toolkit_report(records, meta, out, name) -> str:
+  """The toolkit's report (``--toolkit``): every method's errors, paired
+  against full fine-tuning; the stable-reference options seed by seed; and
+  where each new front lies against the full-RMSProp + WiSE-FT front."""
+  (proto,) = {r["protocol"] for r in records}
+  seeds = sorted({r["seed"] for r in records})
+  full0 = rep.select(records, method="full", metric="mse_new")[0]
+  lr, steps = full0["knob"], full0["steps"]
+  calls = rep.select(records, method="profit", metric="mse_new")[0]["calls"]
+  warmup = meta.get("warmup_calls")
+  lines = [
+    "# Toy experiment (Sec. 4.1): the fine-tuning-without-forgetting toolkit",
+    "",
+    *rep.header(meta),
+    "Protocol: "
+    + "; ".join(f"`{k}` = {v}" for k, v in meta.get("protocols", {}).items())
+    + f"; {len(seeds)} seeds (a seed varies the pretraining and the",
+    "fine-tuning). Every method fine-tunes with RMSProp at rate"
+    f" {lr:g}: {steps} optimizer steps of batch"
+    f" {run.Config().finetune.batch}; a PROFIT step takes n_ref + 1 ="
+    f" {run.DEFAULT_N_REF + 1} gradients.",
+    "",
+    "- `profit-trust`: PROFIT at lr_ref = lr/10 with `ref_trust_radius` r"
+    " (‖Δ‖ ≤ r ‖anchor‖).",
+    "- `profit-precond`: PROFIT with `ref_preconditioner='main'` (the"
+    " reference step divided by RMSProp's root mean square), lr_ref ="
+    " lr/ratio.",
+    "- `profit-leaf`: PROFIT with `projection_groups='leaf'` (one projection"
+    " per weight and bias), lr_ref = lr/ratio.",
+    "- `profit-warmup`: `profit_warmup`: RMSProp for the first"
+    f" {warmup if warmup is not None else '?'} of the {calls} update"
+    " calls, then PROFIT at lr_ref = lr/ratio.",
+    "- `l2sp`: `l2sp(alpha)` chained before RMSProp (coupled); the head"
+    " (the last layer) is not pulled (beta 0).",
+    "- `ftp`: `ftp(RMSProp, k)`; `spd`: `spd(RMSProp, weight_decay)`; both"
+    " leave the head out by `mask`.",
+    "",
+    "MSE against the noiseless function on 20000 points per domain."
+    " Intervals: 95% bootstrap over seeds. `failed`: worse on the new domain",
+    "than the pretrained model, or not finite (as in `toy.md`); `not"
+    " finite`: the run blew up (a weight or an error is inf or NaN).",
+    "",
+    f"## Every method against full fine-tuning (RMSProp, rate {lr:g}),"
+    " paired by seed",
+    "",
+    "Difference = method − full (negative: lower error): median of the",
+    "per-seed differences with its 95% CI.",
+    "",
+    "| method | front | knob | old MSE, median [CI] | new MSE, median [CI] | old − full [CI] | new − full [CI] | failed | not finite |",
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+  ]
+  full = {
+    m: rep.by_seed(records, protocol=proto, method="full", metric=m)
+    for m in ("mse_old", "mse_new")
+  }
+  for fam, knob, knob_name, method in _runs(records, proto, TOOLKIT_ORDER):
+    cells = []
+    for metric in ("mse_old", "mse_new"):
+      x = rep.by_seed(records, protocol=proto, method=method, metric=metric)
+      cells.append(_ci(stats.summary(list(x.values())), "median", 4))
+    for metric in ("mse_old", "mse_new"):
+      x = rep.by_seed(records, protocol=proto, method=method, metric=metric)
+      p = stats.paired(
+        list(x.values()), [full[metric][s] for s in x], False, np.median
+      )
+      cells.append(
+        f"{_f(p['diff'], 4)} [{_f(p['ci'][0], 4)}, {_f(p['ci'][1], 4)}]"
+      )
+    fails = failed(records, proto, method)
+    blown = not_finite(records, proto, method)
+    lines.append(
+      f"| {method} | {fam} | {knob_name} {knob:g} | {' | '.join(cells)} |"
+      f" {sum(fails.values())}/{len(fails)} |"
+      f" {sum(blown.values())}/{len(blown)} |"
+    )
+  lines += _stable_reference(records, proto, lr)
+  lines += [
+    "## Fronts: the new methods against full RMSProp and WiSE-FT",
+    "",
+    "Rivals: full RMSProp traced by its rate, and WiSE-FT. Each point is",
+    "the median over seeds; the gap is how much lower the point's new-domain",
+    "MSE is than the rivals' piecewise-linear front at the point's old-domain",
+    "MSE (positive: beyond). 95% CI by resampling seeds jointly.",
+    "",
+    "| point | old MSE | new MSE | gap [CI] | where | verdict |",
+    "| --- | ---: | ---: | ---: | --- | --- |",
+  ]
+  knob_names = {f: n for f, _, n, _ in _runs(records, proto, TOOLKIT_ORDER)}
+  lines += _front_rows(
+    records,
+    proto,
+    run.TOOLKIT_FRONTS,
+    lambda fam, knob: f"{fam}, {knob_names[fam]} {knob:g}",
+  )
+  _fronts_figure(
+    records,
+    [proto],
+    out / f"{name}_fronts.png",
+    groups=(
+      ("PROFIT's options", ("full", "wise-ft", *PROFIT_VARIANTS)),
+      ("regularisers", ("full", "wise-ft", *REGULARISERS)),
+    ),
+  )
+  lines += ["", f"![fronts]({name}_fronts.png)", ""]
+  return "\n".join(lines)
+
+
+def _stable_reference(records, proto, lr) -> list[str]:
+  """Per seed: plain PROFIT at lr/10 and the two stable-reference options
+  at every knob, beside the seed's curvature."""
+  cols = [("PROFIT lr/10", "profit")]
+  for fam, label in (
+    ("profit-trust", "trust r"),
+    ("profit-precond", "precond /"),
+  ):
+    for _, knob, _, method in _runs(records, proto, (fam,)):
+      cols.append((f"{label}{knob:g}", method))
+  lam = rep.by_seed(
+    records, protocol=proto, method="pretrained", metric="lambda_max"
+  )
+  base = rep.by_seed(
+    records, protocol=proto, method="pretrained", metric="mse_new"
+  )
+  lr_ref = lr / run.DEFAULT_RATIO
+  outcomes = {
+    m: (failed(records, proto, m), not_finite(records, proto, m))
+    for _, m in cols
+  }
+  values = {
+    (m, metric): rep.by_seed(records, protocol=proto, method=m, metric=metric)
+    for _, m in cols
+    for metric in ("mse_old", "mse_new")
+  }
+  lines = [
+    "",
+    "## The stable reference step, seed by seed",
+    "",
+    "λ_max: the largest Hessian eigenvalue of the new-domain loss at the",
+    f"pretrained weights. The plain SGD reference step at lr/10 = {lr_ref:g}",
+    "is stable only if lr_ref < 2/λ_max. Each cell: old MSE / new MSE,",
+    "then the run's outcome (`ok`, `failed` or `not finite`).",
+    "",
+    "| seed | pretrained new MSE | λ_max | 2/λ_max | lr/10 < 2/λ_max | "
+    + " | ".join(c for c, _ in cols)
+    + " |",
+    "| ---: | ---: | ---: | ---: | --- |" + " --- |" * len(cols),
+  ]
+  for s in sorted(lam):
+    cells = []
+    for _, m in cols:
+      old, new = values[(m, "mse_old")], values[(m, "mse_new")]
+      fails, blown = outcomes[m]
+      cells.append(
+        f"{_f(old[s], 4)} / {_f(new[s], 4)} {_outcome(fails, blown, s)}"
+      )
+    lines.append(
+      f"| {s} | {_f(base[s])} | {lam[s]:.4g} | {2 / lam[s]:.3g} |"
+      f" {'yes' if lr_ref < 2 / lam[s] else 'no'} | {' | '.join(cells)} |"
+    )
+  totals = []
+  for _, m in cols:
+    fails, blown = outcomes[m]
+    totals.append(
+      f"{sum(fails.values())}/{len(fails)} failed,"
+      f" {sum(blown.values())} not finite"
+    )
+  stable = sum(lr_ref < 2 / v for v in lam.values())
+  lines += [
+    f"| all | | | | {stable}/{len(lam)} yes | {' | '.join(totals)} |",
+    "",
+  ]
+  return lines

@@ -31,6 +31,36 @@ RATIOS = (10, 100, 1000, 10000)
 N_REFS = (1, 2, 3, 5)
 DEFAULT_RATIO, DEFAULT_N_REF = 10, 1
 
+# The fine-tuning-without-forgetting toolkit (``--toolkit``), each wrapping
+# RMSProp at the fine-tuning rate. Knob grids, from weak to strong:
+# - ``ref_trust_radius`` bounds ‖Δ‖ / ‖anchor‖. At the pretrained weights a
+#   reference step at lr/10 is ~1e-6 of ‖anchor‖ on a flat seed and ~5e-5 on
+#   a steep one (λ_max ~ 300), so 1e-6 binds on every seed, 1e-4 only once a
+#   steep seed's gradient grows, 1e-2 only in a blow-up.
+# - L2-SP's alpha: full fine-tuning moves a hidden weight by ~5e-3 (RMS) and
+#   its gradient at the pretrained weights is ~1e-3 on a flat seed, ~3e-2 on
+#   a steep one, so the pull alpha (w - w0) is negligible at 1e-3, matches
+#   the gradient at ~0.3 (flat) to ~5 (steep) and dominates at 100.
+# - FTP's k lies in [0, 1] (0: the radius only grows; 1: the reference).
+# - SPD's weight_decay in (0, 1] keeps a decayed step between the inner
+#   step and the pretrained weights (1: the whole added deviation).
+TRUST_RADII = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+L2SP_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+FTP_KS = (0.0, 0.25, 0.5, 0.75, 1.0)
+SPD_DECAYS = (0.03, 0.1, 0.3, 1.0)
+# PROFIT (warmup): the warmup optimizer takes this share of the run's
+# update calls (batches), as the paper's 10 of 100 epochs.
+WARMUP_SHARE = 0.1
+TOOLKIT_FRONTS = (
+  "profit-trust",
+  "profit-precond",
+  "profit-leaf",
+  "profit-warmup",
+  "l2sp",
+  "ftp",
+  "spd",
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -209,6 +239,18 @@ class Family:
   knobs: tuple[float, ...]
   make_tx: Callable[[jax.Array], optax.GradientTransformation]
   calls_per_step: int = 1
+  # PROFIT families: the reference rate of a knob (recorded with its
+  # stability, ``lr_ref < 2 / lambda_max``); None for the others.
+  lr_ref: Callable[[float], float] | None = None
+  # A knob that must be a Python number (e.g. ``ref_trust_radius``): one
+  # compiled program per knob instead of one for the family.
+  static: bool = False
+
+  def builder(self, knob: float):
+    """``hyper -> transformation`` of the run at ``knob``."""
+    if self.static:
+      return lambda _: self.make_tx(knob)
+    return self.make_tx
 
 
 def families(cfg: Config, n_refs=N_REFS, ratios=RATIOS) -> list[Family]:
@@ -224,6 +266,7 @@ def families(cfg: Config, n_refs=N_REFS, ratios=RATIOS) -> list[Family]:
         optax.rmsprop(lr), lr / r, n_ref=DEFAULT_N_REF
       ),
       DEFAULT_N_REF + 1,
+      lambda r: lr / r,
     ),
   ]
   for k in n_refs:
@@ -237,14 +280,101 @@ def families(cfg: Config, n_refs=N_REFS, ratios=RATIOS) -> list[Family]:
             optax.rmsprop(lr), lr / DEFAULT_RATIO, n_ref=k
           ),
           k + 1,
+          lambda _: lr / DEFAULT_RATIO,
         )
       )
   return out
 
 
+def warmup_calls(cfg: Config, n_ref: int = DEFAULT_N_REF) -> int:
+  """The update calls of PROFIT (warmup)'s warmup: ``WARMUP_SHARE`` of the
+  run's calls, rounded to a multiple of ``n_ref + 1`` (a PROFIT cycle)."""
+  cycle = n_ref + 1
+  return cycle * round(WARMUP_SHARE * cfg.finetune.steps)
+
+
+def _leaves_of(part: str) -> dict[str, bool]:
+  """The mask of the ``"head"``'s (the last layer's) or the ``"backbone"``'s
+  leaves."""
+  return {k: (k in task.HEAD_KEYS) == (part == "head") for k in task.PARAM_KEYS}
+
+
+def toolkit_families(cfg: Config, ratios=RATIOS) -> list[Family]:
+  """One family per method of the toolkit, each around RMSProp at the
+  fine-tuning rate. The head (the last layer) is left free by L2-SP, FTP
+  and SPD, which pull only the backbone toward the pretrained weights."""
+  lr, cycle = cfg.finetune.lr, DEFAULT_N_REF + 1
+  ratios = tuple(float(r) for r in ratios)
+  main = lambda: optax.rmsprop(lr)
+  by_ratio = lambda r: lr / r
+
+  def profit(r, **kw):
+    return profit_optax.profit(main(), lr / r, n_ref=DEFAULT_N_REF, **kw)
+
+  return [
+    Family(
+      "profit-trust",
+      "ref_trust_radius",
+      TRUST_RADII,
+      lambda t: profit(DEFAULT_RATIO, ref_trust_radius=t),
+      cycle,
+      lambda _: lr / DEFAULT_RATIO,
+      static=True,
+    ),
+    Family(
+      "profit-precond",
+      "ratio",
+      ratios,
+      lambda r: profit(r, ref_preconditioner="main"),
+      cycle,
+      by_ratio,
+    ),
+    Family(
+      "profit-leaf",
+      "ratio",
+      ratios,
+      lambda r: profit(r, projection_groups="leaf"),
+      cycle,
+      by_ratio,
+    ),
+    Family(
+      "profit-warmup",
+      "ratio",
+      ratios,
+      lambda r: profit_optax.profit_warmup(
+        main(), profit(r), warmup_calls(cfg)
+      ),
+      cycle,
+      by_ratio,
+    ),
+    Family(
+      "l2sp",
+      "alpha",
+      L2SP_ALPHAS,
+      lambda a: optax.chain(
+        profit_optax.l2sp(a, head_mask=_leaves_of("head")), main()
+      ),
+    ),
+    Family(
+      "ftp",
+      "k",
+      FTP_KS,
+      lambda k: profit_optax.ftp(main(), k=k, mask=_leaves_of("backbone")),
+    ),
+    Family(
+      "spd",
+      "weight_decay",
+      SPD_DECAYS,
+      lambda w: profit_optax.spd(main(), w, mask=_leaves_of("backbone")),
+    ),
+  ]
+
+
 def method_name(family: str, knob: float, cfg: Config) -> tuple[str, str]:
   """(method, front) of one run; the Table-1 configurations get their names."""
   lr = cfg.finetune.lr
+  if family in TOOLKIT_FRONTS:
+    return f"{family}{knob:g}", family
   if family == "full":
     return ("full" if knob == lr else f"full-lr{knob:g}"), "full"
   if family == "head":
@@ -262,15 +392,16 @@ class Runners:
   def __init__(self, cfg: Config):
     self.cfg, self._runs = cfg, {}
 
-  def __call__(self, family: Family):
-    if family.name not in self._runs:
-      self._runs[family.name] = loop.make_runner(
+  def __call__(self, family: Family, knob: float | None = None):
+    key = (family.name, knob) if family.static else family.name
+    if key not in self._runs:
+      self._runs[key] = loop.make_runner(
         task.mse_loss,
-        family.make_tx,
+        family.builder(knob),
         task.sampler(self.cfg.finetune.batch, task.NEW_DOMAIN),
         self.cfg.chunk,
       )
-    return self._runs[family.name]
+    return self._runs[key]
 
 
 def finetune_seed(
@@ -314,10 +445,10 @@ def finetune_seed(
   )
   full_ft = None
   for fam in fams:
-    run = runners(fam)
     calls = cfg.finetune.steps * fam.calls_per_step
     for knob in fam.knobs:
-      state = loop.init_state(fam.make_tx, params0, jnp.float32(knob))
+      run = runners(fam, knob)
+      state = loop.init_state(fam.builder(knob), params0, jnp.float32(knob))
       tuned, _ = loop.train(
         run,
         params0,
@@ -329,10 +460,13 @@ def finetune_seed(
       )
       method, front = method_name(fam.name, knob, cfg)
       extra = {"calls": calls, "steps": cfg.finetune.steps}
-      if front.startswith("profit"):
-        ratio = knob if fam.name == "profit-ratio" else DEFAULT_RATIO
-        lr_ref = cfg.finetune.lr / ratio
+      if fam.lr_ref is not None:
+        lr_ref = fam.lr_ref(knob)
         extra |= {"lr_ref": lr_ref, "ref_stable": bool(lr_ref < 2 / lam)}
+      # Blown up: a weight that is not finite (its errors then are not).
+      extra["diverged"] = not all(
+        bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tuned)
+      )
       emit(method, front, fam.knob_name, knob, tuned, extra)
       if method == "full":
         full_ft = tuned
