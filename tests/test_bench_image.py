@@ -102,6 +102,145 @@ def test_every_rival_optimizer_steps(kind):
   assert bool(moved) == (kind != "head-adamw")
 
 
+@pytest.fixture(scope="module")
+def toolkit_quick(tmp_path_factory):
+  out = tmp_path_factory.mktemp("image_toolkit")
+  records = image_cli.main(
+    [
+      "--quick",
+      "--toolkit",
+      "--archs",
+      "cnn",
+      "--shifts",
+      "new-labels",
+      "--no-cache",
+      "--no-progress",
+      "--out",
+      str(out),
+    ]
+  )
+  return out, records
+
+
+def test_toolkit_fronts_and_choice(toolkit_quick):
+  _, records = toolkit_quick
+  (lr,) = {
+    r["lr"]
+    for r in records
+    if r.get("stage") == "chosen" and r["method"] == "full-adamw"
+  }
+  for front, (knob_name, grid) in run.TOOLKIT.items():
+    at = [r for r in records if r.get("front") == front]
+    assert {r["knob_name"] for r in at} == {knob_name}
+    knobs = {r["knob"] for r in at}
+    assert len(knobs) >= 4 and knobs == set(grid)
+    assert {r["seed"] for r in at} == {0, 1}
+    assert {r["method"] for r in at} == {front}
+    assert {r["lr"] for r in at} == {lr}
+    assert all(r["shift"] == "new-labels" and r["arch"] == "cnn" for r in at)
+    # The knob is the best validation score on seed 0 (the rivals' rule).
+    score = {}
+    for r in records:
+      if (
+        r.get("stage") == "toolkit-tune"
+        and r["method"] == front
+        and r["metric"] in ("acc_old_val", "acc_new_val")
+      ):
+        score[r["knob"]] = score.get(r["knob"], 0.0) + r["value"] / 2
+    (chosen,) = {
+      r["knob"]
+      for r in records
+      if r.get("stage") == "toolkit-chosen" and r["method"] == front
+    }
+    assert score[chosen] == max(score.values())
+
+
+def test_toolkit_report(toolkit_quick):
+  out, _ = toolkit_quick
+  name = "image_toolkit_new-labels_quick"
+  md = (out / f"{name}.md").read_text()
+  for section in (
+    "## cnn, new-labels",
+    "Validation-based choice of each toolkit knob",
+    "Test accuracy at the chosen values",
+    "Fronts: the new methods against full AdamW and WiSE-FT",
+  ):
+    assert section in md
+  for front in run.TOOLKIT_FRONTS:
+    knob_name, grid = run.TOOLKIT[front]
+    for knob in grid:
+      assert f"| {front}, {knob_name} {knob:g} |" in md
+  assert (out / f"{name}.json").exists()
+  assert (out / f"{name}_fronts.png").stat().st_size > 10_000
+  # Re-rendered from its records, the report is the same.
+  image_cli.main(["--from-json", str(out / f"{name}.json"), "--out", str(out)])
+  assert (out / f"{name}.md").read_text() == md
+
+
+def _steps(tx, params, batches, loss):
+  state = tx.init(params)
+  for batch in batches:
+    updates, state = tx.update(jax.grad(loss)(params, batch), state, params)
+    params = optax.apply_updates(params, updates)
+  return params
+
+
+def test_profit_warmup_is_the_hand_built_schedule():
+  """``profit_warmup`` is AdamW for the warmup calls, then a fresh PROFIT
+  (its AdamW restarted), as the two phases the benchmark ran before."""
+  params = task.init_params("cnn", 10, jax.random.PRNGKey(0))
+  loss = task.make_loss("cnn")
+  keys = jax.random.split(jax.random.PRNGKey(1), 8)
+  batches = [
+    (
+      jax.random.uniform(k, (4, 28, 28)),
+      jax.random.randint(k, (4,), 0, 10),
+    )
+    for k in keys
+  ]
+  h = {"lr": 1e-3, "ratio": 10.0, "knob": 0.0}
+  warm = _steps(run.make_tx("full-adamw")(h), params, batches[:2], loss)
+  by_hand = _steps(run.make_tx("profit")(h), warm, batches[2:], loss)
+  one = _steps(run.make_tx("profit-warmup", warmup=2)(h), params, batches, loss)
+  for a, b in zip(jax.tree.leaves(by_hand), jax.tree.leaves(one)):
+    assert jnp.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", run.TOOLKIT_FRONTS)
+@pytest.mark.parametrize("new_head", [True, False])
+def test_toolkit_optimizers_step(kind, new_head):
+  params = task.init_params("cnn", 10, jax.random.PRNGKey(0))
+  knob = {"profit-trust": 1e-3, "l2sp": 1.0, "ftp": 1.0, "spd": 1.0}
+  h = {"lr": 1e-3, "ratio": 10.0, "knob": knob.get(kind, 0.0)}
+  tx = run.make_tx(kind, warmup=2, new_head=new_head)(h)
+  images = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28))
+  batch = (images, jnp.arange(4, dtype=jnp.int32))
+  grads = jax.grad(task.make_loss("cnn"))(params, batch)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert optax.tree.norm(updates["trunk"]) > 0
+  assert optax.tree.norm(updates["head"]) > 0
+
+
+def test_ftp_rows_of_the_vit_are_output_channels():
+  from benchmarks.image.run import ftp_channel_axis
+
+  params = task.init_params("vit", 10, jax.random.PRNGKey(0))
+  axes = {
+    jax.tree_util.keystr(path): ftp_channel_axis(path, leaf)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+  }
+  attn = "['trunk']['MultiHeadDotProductAttention_0']"
+  assert axes[f"{attn}['query']['kernel']"] == (-2, -1)
+  assert axes[f"{attn}['value']['bias']"] == ()
+  assert axes[f"{attn}['out']['kernel']"] is None  # (heads, dim, out)
+  assert axes["['trunk']['pos']"] == ()
+  assert axes["['trunk']['Dense_0']['kernel']"] is None  # (in, out)
+  tx = run.make_tx("ftp", new_head=True)(
+    {"lr": 1e-3, "ratio": 10.0, "knob": 1.0}
+  )
+  tx.init(params)  # FTP checks every leaf's row axes here
+
+
 def test_vit_forward_and_accuracy():
   params = task.init_params("vit", 10, jax.random.PRNGKey(0))
   images, labels = jnp.zeros((2, 3, 28, 28)), -jnp.ones((2, 3), jnp.int32)

@@ -301,10 +301,6 @@ def _setting(records, arch, shift) -> list[str]:
     "| method | old, mean [CI] | new, mean [CI] | old vs AdamW | new vs AdamW |",
     "| --- | ---: | ---: | --- | --- |",
   ]
-  base = {
-    m: rep.by_seed(records, **at, method="full-adamw", stage="chosen", metric=m)
-    for m in ("acc_old", "acc_new")
-  }
   pre = {
     r["seed"]: r["value"]
     for r in rep.select(
@@ -319,28 +315,11 @@ def _setting(records, arch, shift) -> list[str]:
     )
   else:
     lines.append(f"| pretrained | {_pct(next(iter(pre.values())))} | — | | |")
-  for method in methods:
-    cols = []
-    vals = {}
-    for m in ("acc_old", "acc_new"):
-      vals[m] = rep.by_seed(
-        records, **at, method=method, stage="chosen", metric=m
-      )
-    for m in ("acc_old", "acc_new"):
-      if method == "full-adamw":
-        cols.append("—")
-        continue
-      p = stats.paired(
-        list(vals[m].values()), [base[m][s] for s in vals[m]], True
-      )
-      cols.append(
-        f"{100 * p['diff']:+.2f} [{100 * p['ci'][0]:+.2f}, {100 * p['ci'][1]:+.2f}],"
-        f" {p['wins']}/{p['n']}, {p['verdict']}"
-      )
-    lines.append(
-      f"| {LABELS[method]} | {_ci(list(vals['acc_old'].values()))} |"
-      f" {_ci(list(vals['acc_new'].values()))} | {cols[0]} | {cols[1]} |"
-    )
+  lines += _vs_adamw(
+    records,
+    at,
+    [(LABELS[m], {"method": m, "stage": "chosen"}) for m in methods],
+  )
   lines += [
     "",
     "### Fronts: is PROFIT beyond its rivals?",
@@ -354,10 +333,63 @@ def _setting(records, arch, shift) -> list[str]:
     "| PROFIT point | seeds | old | new | gap [CI] | where | verdict |",
     "| --- | ---: | ---: | ---: | ---: | --- | --- |",
   ]
-  for fam, knob_name in (("profit-ratio", "ratio"), ("profit-nref", "n_ref")):
+  lines += _front_rows(
+    records,
+    at,
+    ("profit-ratio", "profit-nref"),
+    lambda fam, knob_name, knob: f"{knob_name} {knob:g}",
+  )
+  lines.append("")
+  return lines
+
+
+_BASE = {"method": "full-adamw", "stage": "chosen"}
+
+
+def _vs_adamw(records, at, rows) -> list[str]:
+  """One table row per ``(label, where)``: the test accuracies of the runs
+  selected by ``where`` (one per seed) with their CIs, and each paired
+  against full AdamW at its chosen rate: difference of the means [95% CI],
+  seeds better, verdict."""
+  base = {
+    m: rep.by_seed(records, **at, **_BASE, metric=m)
+    for m in ("acc_old", "acc_new")
+  }
+  lines = []
+  for label, where in rows:
+    vals = {
+      m: rep.by_seed(records, **at, **where, metric=m)
+      for m in ("acc_old", "acc_new")
+    }
+    cols = []
+    for m in ("acc_old", "acc_new"):
+      if where == _BASE:
+        cols.append("—")
+        continue
+      p = stats.paired(
+        list(vals[m].values()), [base[m][s] for s in vals[m]], True
+      )
+      cols.append(
+        f"{100 * p['diff']:+.2f} [{100 * p['ci'][0]:+.2f}, {100 * p['ci'][1]:+.2f}],"
+        f" {p['wins']}/{p['n']}, {p['verdict']}"
+      )
+    lines.append(
+      f"| {label} | {_ci(list(vals['acc_old'].values()))} |"
+      f" {_ci(list(vals['acc_new'].values()))} | {cols[0]} | {cols[1]} |"
+    )
+  return lines
+
+
+def _front_rows(records, at, fams, label) -> list[str]:
+  """One table row per point of the fronts ``fams``: where it lies against
+  the rivals' front (full AdamW by its rate, and WiSE-FT), with its CI.
+  ``label(front, knob_name, knob)`` names the point."""
+  lines = []
+  for fam in fams:
     for knob in sorted(
       {r["knob"] for r in rep.select(records, **at, front=fam)}
     ):
+      rs = rep.select(records, **at, front=fam, knob=knob)
       o = rep.by_seed(records, **at, front=fam, knob=knob, metric="acc_old")
       n = rep.by_seed(records, **at, front=fam, knob=knob, metric="acc_new")
       rivals = _rivals(records, at, list(o))
@@ -365,11 +397,10 @@ def _setting(records, arch, shift) -> list[str]:
         (np.array(list(o.values())), np.array(list(n.values()))), rivals, True
       )
       lines.append(
-        f"| {knob_name} {knob:g} | {len(o)} | {_pct(np.mean(list(o.values())))} |"
+        f"| {label(fam, rs[0]['knob_name'], knob)} | {len(o)} | {_pct(np.mean(list(o.values())))} |"
         f" {_pct(np.mean(list(n.values())))} | {100 * v['gap']:+.2f}"
         f" [{100 * v['ci'][0]:+.2f}, {100 * v['ci'][1]:+.2f}] | {v['where']} | {v['verdict']} |"
       )
-  lines.append("")
   return lines
 
 
@@ -388,16 +419,43 @@ def _rivals(records, at, seeds):
   return out
 
 
-def _fronts_figure(records, path):
+FRONTS = ("full-adamw", "wise-ft", "profit-ratio", "profit-nref")
+SINGLE = (
+  "full-sgd",
+  "full-lookahead",
+  "full-adan",
+  "head-adamw",
+  "profit-warmup",
+)
+KNOB_FMT = {
+  "full-adamw": "{:g}",
+  "wise-ft": "α{:g}",
+  "profit-ratio": "/{:g}",
+  "profit-nref": "n{:g}",
+  "profit-trust": "r{:g}",
+  "profit-precond": "/{:g}",
+  "profit-leaf": "/{:g}",
+  "profit-warmup": "/{:g}",
+  "l2sp": "α{:g}",
+  "ftp": "k{:g}",
+  "spd": "λ{:g}",
+}
+
+
+def _fronts_figure(records, path, groups=(("", FRONTS, SINGLE),), labels=None):
+  """One panel per setting and group ``(title, fronts, single methods)``:
+  the fronts as lines, the single methods (at their chosen values) as
+  markers."""
   import matplotlib.pyplot as plt
 
-  settings = _settings(records)
-  cols = max(1, len(settings))
+  labels = LABELS if labels is None else labels
+  panels = [(st, g) for st in _settings(records) for g in groups]
+  cols = max(1, len(panels))
   fig, axes = plt.subplots(1, cols, figsize=(5 * cols, 4.3), squeeze=False)
-  for ax, (arch, shift) in zip(axes[0], settings):
+  for ax, ((arch, shift), (title, group, single)) in zip(axes[0], panels):
     at = {"arch": arch, "shift": shift}
     fronts = {}
-    for fam in ("full-adamw", "wise-ft", "profit-ratio", "profit-nref"):
+    for fam in group:
       by_knob = {}
       for knob in {r["knob"] for r in rep.select(records, **at, front=fam)}:
         o = list(
@@ -413,13 +471,7 @@ def _fronts_figure(records, path):
         by_knob[knob] = (np.array(o) * 100, np.array(n) * 100)
       fronts[fam] = plots.front_points(by_knob)
     points = {}
-    for method in (
-      "full-sgd",
-      "full-lookahead",
-      "full-adan",
-      "head-adamw",
-      "profit-warmup",
-    ):
+    for method in single:
       o = (
         np.array(
           list(
@@ -447,15 +499,193 @@ def _fronts_figure(records, path):
           float(n.mean()),
           stats.bootstrap(n),
         )
-    fmt = lambda fam, k: {
-      "full-adamw": f"{k:g}",
-      "wise-ft": f"α{k:g}",
-      "profit-ratio": f"/{k:g}",
-      "profit-nref": f"n{k:g}",
-    }[fam]
-    plots.draw_fronts(ax, fronts, points, LABELS, fmt)
-    ax.set_title(f"{arch}, {shift}: upper-right is better", fontsize=9)
+    fmt = lambda fam, k: KNOB_FMT[fam].format(k)
+    plots.draw_fronts(ax, fronts, points, labels, fmt)
+    ax.set_title(
+      f"{arch}, {shift}{', ' + title if title else ''}: upper-right is better",
+      fontsize=9,
+    )
     ax.set_xlabel("old task (MNIST) test accuracy, % (mean, 95% CI)")
     ax.set_ylabel("new task test accuracy, %")
     ax.legend(fontsize=6)
   plots.save(fig, path)
+
+
+# -- toolkit report -----------------------------------------------------------
+
+TOOLKIT_LABELS = {
+  "profit-trust": "PROFIT lr/10, by ref_trust_radius",
+  "profit-precond": "PROFIT, preconditioned reference, by ratio",
+  "profit-leaf": "PROFIT per layer, by ratio",
+  "profit-warmup": "PROFIT (warmup) at AdamW's rate, by ratio",
+  "l2sp": "L2-SP + AdamW, by alpha",
+  "ftp": "FTP(AdamW), by k",
+  "spd": "SPD(AdamW), by weight_decay",
+}
+PROFIT_VARIANTS = ("profit-trust", "profit-precond", "profit-leaf")
+REGULARISERS = ("l2sp", "ftp", "spd")
+
+
+def _score_cells(rs_new, olds, key) -> list[str]:
+  """``knob: old val / new val (score)`` cells, ``olds`` keyed like
+  ``key(record)``."""
+  cells = []
+  for r in sorted(rs_new, key=key):
+    old = olds[key(r)]
+    cells.append(
+      f"{key(r):g}: {_pct(old)} / {_pct(r['value'])}"
+      f" ({_pct((old + r['value']) / 2)})"
+    )
+  return cells
+
+
+def toolkit_report(records, meta, out, name) -> str:
+  """The toolkit's report (``--toolkit``): per setting, each toolkit knob's
+  validation choice, every method at its chosen values paired against full
+  AdamW, and where each new front lies against the full-AdamW + WiSE-FT
+  front."""
+  settings = _settings(records)
+  lines = [
+    "# Image classification (Sec. 4.2 protocol): the fine-tuning-without-"
+    "forgetting toolkit",
+    "",
+    *rep.header(meta),
+    "Accuracies in %. `old`: MNIST test accuracy through the old head (the",
+    "fine-tuned model itself for `rotated`); `new`: the new task's test",
+    "accuracy. Every hyperparameter was chosen on validation splits held out",
+    "of the training sets (score: mean of old and new validation accuracy),",
+    "on seed 0; the test sets are only reported. Intervals: 95% bootstrap",
+    "over seeds.",
+    "",
+    "The rivals are tuned as in `image.md` (each its rate from a grid of 4,",
+    "PROFIT also its ratio). Each toolkit method wraps AdamW at the rate",
+    "AdamW's own tuning chose for the setting and tunes one knob on its grid",
+    "(the same validation score, seed 0), then runs every seed at every",
+    "knob value (its front); PROFIT's reference step is plain SGD at",
+    "lr_main / ratio, n_ref 1.",
+    "",
+    "- `profit-trust`: PROFIT at lr_ref = lr/10 with `ref_trust_radius` r"
+    " (‖Δ‖ ≤ r ‖anchor‖).",
+    "- `profit-precond`: PROFIT with `ref_preconditioner='main'` (the"
+    " reference step divided by AdamW's root mean square), lr_ref ="
+    " lr/ratio.",
+    "- `profit-leaf`: PROFIT with `projection_groups='leaf'` (one projection"
+    " per weight and bias), lr_ref = lr/ratio.",
+    "- `profit-warmup`: `profit_warmup`: AdamW for the first"
+    f" {meta.get('warmup_calls', '?')} update calls, then a fresh PROFIT at"
+    " lr_ref = lr/ratio (the rivals' PROFIT (warmup) is the same schedule at"
+    " its own tuned rate and PROFIT's chosen ratio).",
+    "- `l2sp`: `l2sp(alpha)` chained before AdamW (coupled); `ftp`:"
+    " `ftp(AdamW, k)` (rows: output channels, Flax's last axis; the ViT's"
+    " query/key/value kernels by their (heads, head_dim) axes); `spd`:"
+    " `spd(AdamW, weight_decay)`. All three pull the pretrained leaves: on"
+    " `new-labels` the trunk (the new head is left free: L2-SP's head mask,"
+    " FTP's and SPD's mask), on `rotated` the trunk and the pretrained head,"
+    " which the old task is read through.",
+    "",
+  ]
+  for arch, shift in settings:
+    lines += _toolkit_setting(records, arch, shift)
+  groups = (
+    (
+      "PROFIT's options",
+      ("full-adamw", "wise-ft", "profit-ratio", *PROFIT_VARIANTS),
+      (),
+    ),
+    ("PROFIT (warmup)", ("full-adamw", "wise-ft", "profit-warmup"), ()),
+    ("regularisers", ("full-adamw", "wise-ft", *REGULARISERS), ()),
+  )
+  _fronts_figure(
+    records,
+    out / f"{name}_fronts.png",
+    groups,
+    {**LABELS, **TOOLKIT_LABELS},
+  )
+  lines += [f"![fronts]({name}_fronts.png)", ""]
+  return "\n".join(lines)
+
+
+def _toolkit_setting(records, arch, shift) -> list[str]:
+  at = {"arch": arch, "shift": shift}
+  chosen = chosen_runs(records, arch, shift)
+  lr = chosen.get("full-adamw", {}).get("lr", float("nan"))
+  fronts = [f for f in run.TOOLKIT_FRONTS if rep.select(records, **at, front=f)]
+  lines = [
+    f"## {arch}, {shift}",
+    "",
+    f"AdamW's chosen rate: {lr:g} (every toolkit method runs at it).",
+    "",
+    "### Validation-based choice of each toolkit knob (seed 0)",
+    "",
+    "| method | knob: old val / new val (score) ... | chosen |",
+    "| --- | --- | --- |",
+  ]
+  picked = {}
+  for fam in fronts:
+    tune = {
+      m: rep.select(records, **at, method=fam, stage="toolkit-tune", metric=m)
+      for m in ("acc_old_val", "acc_new_val")
+    }
+    olds = {r["knob"]: r["value"] for r in tune["acc_old_val"]}
+    (c,) = {
+      r["knob"]
+      for r in rep.select(records, **at, method=fam, stage="toolkit-chosen")
+    }
+    picked[fam] = c
+    grid = sorted(olds)
+    knob_name = tune["acc_new_val"][0]["knob_name"]
+    edge = " (grid edge)" if c in (grid[0], grid[-1]) else ""
+    cells = _score_cells(tune["acc_new_val"], olds, lambda r: r["knob"])
+    lines.append(
+      f"| {TOOLKIT_LABELS[fam]} | {'; '.join(cells)} |"
+      f" {knob_name} {c:g}{edge} |"
+    )
+  seeds = sorted({r["seed"] for r in rep.select(records, **at, stage="chosen")})
+  lines += [
+    "",
+    f"### Test accuracy at the chosen values ({len(seeds)} seeds)",
+    "",
+    "Paired against full AdamW (every toolkit method's main optimizer) seed",
+    "by seed: difference of the means [95% CI], seeds better, verdict (from",
+    "the CI: wins or loses when it excludes 0, else ties).",
+    "",
+    "| method | old, mean [CI] | new, mean [CI] | old vs AdamW | new vs AdamW |",
+    "| --- | ---: | ---: | --- | --- |",
+  ]
+  rows = [
+    (LABELS[m], {"method": m, "stage": "chosen"})
+    for m in run.METHODS
+    if rep.select(records, **at, method=m, stage="chosen")
+  ]
+  for fam in fronts:
+    rs = rep.select(records, **at, method=fam, stage="toolkit-chosen")
+    rows.append(
+      (
+        f"{TOOLKIT_LABELS[fam].split(', by')[0]}, {rs[0]['knob_name']}"
+        f" {picked[fam]:g}",
+        {"method": fam, "stage": "toolkit-chosen"},
+      )
+    )
+  lines += _vs_adamw(records, at, rows)
+  lines += [
+    "",
+    "### Fronts: the new methods against full AdamW and WiSE-FT",
+    "",
+    "Rivals: full AdamW traced by its rate, and WiSE-FT between the",
+    "pretrained and the chosen AdamW weights. Points are means over seeds;",
+    "the gap is the point's new-task accuracy minus the rivals'",
+    "piecewise-linear front at its old-task accuracy (points, positive:",
+    "beyond); 95% CI by resampling seeds jointly. PROFIT's ratio front",
+    "(at PROFIT's own rate) for reference first.",
+    "",
+    "| point | seeds | old | new | gap [CI] | where | verdict |",
+    "| --- | ---: | ---: | ---: | ---: | --- | --- |",
+  ]
+  lines += _front_rows(
+    records,
+    at,
+    ("profit-ratio", *fronts),
+    lambda fam, knob_name, knob: f"{fam}, {knob_name} {knob:g}",
+  )
+  lines.append("")
+  return lines

@@ -34,6 +34,46 @@ WISE_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 TUNE_SEED = 0
 DEFAULT_RATIO = 10.0  # PROFIT's rate is chosen at the paper's default ratio
 
+# The fine-tuning-without-forgetting toolkit (``--toolkit``): each method
+# wraps AdamW at the rate AdamW's own tuning chose for the setting and tunes
+# one knob, on a grid of 4 as every rival's rate. Grids, from weak to strong,
+# set from scales measured at the pretrained MNIST weights (seed 0, batches
+# of 32): ‖θ‖ is 24 (CNN) and 39 (ViT), a batch gradient's norm 6 (CNN,
+# rotated) to 26 (CNN, new labels), its RMS per trunk weight 0.016 to 0.06;
+# full AdamW (1000 steps at its chosen rate) moves a CNN trunk weight by
+# 0.011 (RMS).
+# - ``ref_trust_radius`` r bounds ‖Δ‖ by r ‖anchor‖. PROFIT's reference step
+#   at lr/10 (AdamW's chosen rates 3e-5 .. 3e-4) is 1e-6 (ViT) to 1e-5 (CNN)
+#   of ‖anchor‖, so 1e-7 binds on every step and 1e-4 on none but a blow-up.
+# - L2-SP's alpha (coupled, before AdamW): at full AdamW's displacement the
+#   pull alpha (w - w0) is 1e-4 at alpha 1e-2 (negligible beside the
+#   gradient) and 0.1 at alpha 10 (2-7x the gradient: it dominates).
+# - FTP's k lies in [0, 1] (0: the radius is only pushed up; 1: the
+#   reference FTP, the strongest).
+# - SPD's weight_decay in (0, 1] keeps a decayed step between the inner
+#   step and the pretrained weights (1: the whole added deviation).
+# - PROFIT with a preconditioned reference step, per layer, and after the
+#   warmup: lr_main / lr_ref over the paper's range, as PROFIT's ratio.
+TRUST_RADII = (1e-7, 1e-6, 1e-5, 1e-4)
+L2SP_ALPHAS = (1e-2, 1e-1, 1.0, 10.0)
+FTP_KS = (0.0, 0.25, 0.5, 1.0)
+SPD_DECAYS = (0.03, 0.1, 0.3, 1.0)
+# ``{front: (knob name, grid)}``; the front's runs have method = front.
+TOOLKIT = {
+  "profit-trust": ("ref_trust_radius", TRUST_RADII),
+  "profit-precond": ("ratio", RATIOS),
+  "profit-leaf": ("ratio", RATIOS),
+  "profit-warmup": ("ratio", RATIOS),
+  "l2sp": ("alpha", L2SP_ALPHAS),
+  "ftp": ("k", FTP_KS),
+  "spd": ("weight_decay", SPD_DECAYS),
+}
+TOOLKIT_FRONTS = tuple(TOOLKIT)
+# PROFIT's one-gradient-per-call drive: n_ref + 1 calls a step.
+PROFIT_KINDS = ("profit", "profit-trust", "profit-precond", "profit-leaf")
+# The toolkit methods that leave a new head out of their pull.
+MASKED_KINDS = ("l2sp", "ftp", "spd")
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -59,6 +99,7 @@ class Config:
   nref_seeds: int = 3  # seeds of the n_ref front (each run costs n_ref + 1)
   methods: tuple[str, ...] = METHODS
   n_refs: tuple[int, ...] = N_REFS
+  toolkit: bool = False  # add the toolkit's methods and fronts
 
   def __post_init__(self):
     missing = {"full-adamw", "profit"} - set(self.methods)
@@ -111,8 +152,67 @@ def head_only(tx):
   )
 
 
-def make_tx(kind: str, n_ref: int = 1) -> Callable:
-  """``hyper -> transformation``; ``hyper = {"lr", "ratio"}`` is traced."""
+def pretrained_mask(new_head: bool) -> dict[str, bool]:
+  """The leaves with a pretrained value, which L2-SP, FTP and SPD pull
+  toward it (a prefix of the parameters). With a new label set the head is
+  new (randomly initialised) and left free; on the rotated shift the head is
+  the pretrained one, kept for the same labels, and is pulled like the
+  trunk (``old`` is read through it there)."""
+  return {"trunk": True, "head": not new_head}
+
+
+def ftp_channel_axis(path, leaf):
+  """FTP's rows (output channels) of a leaf: Flax kernels put the output
+  channel last (``Dense`` (in, out), ``Conv`` (kh, kw, in, out), the
+  attention's ``out`` (heads, head_dim, out)), FTP's default. The ViT's
+  attention ``query``/``key``/``value`` kernels are ``DenseGeneral``
+  (in, heads, head_dim): their output channels are the last two axes; their
+  (heads, head_dim) biases and the (tokens, width) position embedding are
+  one row each, as a bias vector and PyTorch's (1, tokens, width) position
+  embedding are in the reference."""
+  names = [getattr(k, "key", None) for k in path]
+  if any(n in ("query", "key", "value") for n in names):
+    return (-2, -1) if names[-1] == "kernel" else ()
+  if names[-1] == "pos":
+    return ()
+  return None
+
+
+def make_tx(
+  kind: str, n_ref: int = 1, warmup: int = 0, new_head: bool = False
+) -> Callable:
+  """``hyper -> transformation``; ``hyper = {"lr", "ratio", "knob"}`` is
+  traced. ``warmup``: PROFIT (warmup)'s AdamW calls; ``new_head``: whether
+  the head is new (L2-SP, FTP and SPD leave it out)."""
+  adamw = lambda h: optax.adamw(h["lr"])
+
+  def profit(h, **kw):
+    return profit_optax.profit(
+      adamw(h), h["lr"] / h["ratio"], n_ref=n_ref, **kw
+    )
+
+  mask = pretrained_mask(new_head)
+  if kind == "profit-warmup":
+    # AdamW for ``warmup`` calls, then a fresh PROFIT (its AdamW's moments
+    # restart): the paper's two phases, the hand-built schedule of old.
+    return lambda h: profit_optax.profit_warmup(adamw(h), profit(h), warmup)
+  if kind == "profit-trust":
+    return lambda h: profit(h, ref_trust_radius=h["knob"])
+  if kind == "profit-precond":
+    return lambda h: profit(h, ref_preconditioner="main")
+  if kind == "profit-leaf":
+    return lambda h: profit(h, projection_groups="leaf")
+  if kind == "l2sp":
+    head = jax.tree.map(lambda m: not m, mask)
+    return lambda h: optax.chain(
+      profit_optax.l2sp(h["knob"], head_mask=head), adamw(h)
+    )
+  if kind == "ftp":
+    return lambda h: profit_optax.ftp(
+      adamw(h), k=h["knob"], mask=mask, channel_axis=ftp_channel_axis
+    )
+  if kind == "spd":
+    return lambda h: profit_optax.spd(adamw(h), h["knob"], mask=mask)
   if kind == "full-sgd":
     return lambda h: optax.sgd(h["lr"], momentum=SGD_MOMENTUM)
   if kind == "full-adamw":
@@ -139,18 +239,17 @@ class Run:
   seed: int
   ratio: float | None = None
   n_ref: int | None = None
+  knob: float | None = None  # a toolkit method's own knob (not its ratio)
 
   def phases(self, cfg: Config) -> list[tuple[str, int, int]]:
-    """``[(kind, n_ref, calls)]``: PROFIT (warmup) is AdamW, then PROFIT."""
+    """``[(kind, n_ref, calls)]``: one phase (PROFIT (warmup) switches from
+    AdamW to PROFIT inside ``profit_warmup``)."""
     s = cfg.steps
-    if self.method == "profit":
-      return [("profit", self.n_ref, s * (self.n_ref + 1))]
+    if self.method in PROFIT_KINDS:
+      return [(self.method, self.n_ref, s * (self.n_ref + 1))]
     if self.method == "profit-warmup":
       w = cfg.warmup_steps
-      return [
-        ("full-adamw", 1, w),
-        ("profit", self.n_ref, (s - w) * (self.n_ref + 1)),
-      ]
+      return [("profit-warmup", self.n_ref, w + (s - w) * (self.n_ref + 1))]
     return [(self.method, 1, s)]
 
   def calls(self, cfg: Config) -> int:
@@ -202,6 +301,7 @@ class Setting:
     hyper = {
       "lr": jnp.float32(run.lr),
       "ratio": jnp.float32(run.ratio or DEFAULT_RATIO),
+      "knob": jnp.float32(0.0 if run.knob is None else run.knob),
     }
     done = 0
     for kind, n_ref, calls in run.phases(cfg):
@@ -210,7 +310,7 @@ class Setting:
         raise ValueError(
           f"{run}: {calls} calls is not a multiple of chunk {cfg.chunk}."
         )
-      runner, tx = self.runners(self.arch, kind, n_ref)
+      runner, tx = self.runners(self.arch, kind, n_ref, self.shift != "rotated")
       state = loop.init_state(tx, params, hyper)
       params, _ = loop.train(
         runner,
@@ -235,15 +335,17 @@ class Setting:
 
 
 class Runners:
-  """Compiled runners, one per (arch, optimizer kind, n_ref)."""
+  """Compiled runners, one per (arch, optimizer kind, n_ref), and per kind
+  of head for the methods that leave a new head out."""
 
   def __init__(self, cfg: Config):
     self.cfg, self._cache = cfg, {}
 
-  def __call__(self, arch, kind, n_ref=1):
-    key = (arch, kind, n_ref)
+  def __call__(self, arch, kind, n_ref=1, new_head=False):
+    new_head = new_head if kind in MASKED_KINDS else None
+    key = (arch, kind, n_ref, new_head)
     if key not in self._cache:
-      tx = make_tx(kind, n_ref)
+      tx = make_tx(kind, n_ref, self.cfg.warmup_steps, bool(new_head))
       self._cache[key] = (
         loop.make_runner(
           T.make_loss(arch), tx, T.sampler(self.cfg.batch), self.cfg.chunk
@@ -518,7 +620,44 @@ def run_setting(s: Setting, cfg: Config, bar=None) -> list[dict]:
         knob_name="alpha",
         knob=alpha,
       )
+  if cfg.toolkit:
+    _toolkit(cfg, chosen["full-adamw"].lr, emit, result)
   return records
+
+
+def toolkit_run(front: str, knob: float, lr: float, seed: int) -> Run:
+  """The run of a toolkit ``front`` at ``knob``, around AdamW at ``lr``."""
+  if TOOLKIT[front][0] == "ratio":
+    return Run(front, lr, seed, ratio=knob, n_ref=1)
+  if front == "profit-trust":
+    return Run(front, lr, seed, ratio=DEFAULT_RATIO, n_ref=1, knob=knob)
+  return Run(front, lr, seed, knob=knob)
+
+
+def _toolkit(cfg: Config, lr: float, emit, result) -> None:
+  """Each toolkit method's knob on the validation split (seed 0, the
+  score of every rival), then every seed at every knob: the front, and the
+  chosen value's records again (stage ``toolkit-chosen``), through
+  ``emit``."""
+  for front, (knob_name, grid) in TOOLKIT.items():
+    tags = {"knob_name": knob_name}
+    tuned = {k: result(toolkit_run(front, k, lr, TUNE_SEED)) for k in grid}
+    best = _choose(tuned)
+    for k, m in tuned.items():
+      emit(
+        toolkit_run(front, k, lr, TUNE_SEED),
+        m,
+        stage="toolkit-tune",
+        knob=k,
+        **tags,
+      )
+    for seed in range(cfg.seeds):
+      for k in grid:
+        run = toolkit_run(front, k, lr, seed)
+        m = result(run)
+        emit(run, m, front=front, knob=k, **tags)
+        if k == best:
+          emit(run, m, stage="toolkit-chosen", knob=k, **tags)
 
 
 def count_runs(cfg: Config) -> int:
@@ -528,7 +667,8 @@ def count_runs(cfg: Config) -> int:
   fronts = cfg.seeds * (len(ADAM_LRS) + len(RATIOS)) + cfg.nref_seeds * len(
     cfg.n_refs
   )
-  return tune + chosen + fronts
+  toolkit = (cfg.seeds + 1) * sum(len(g) for _, g in TOOLKIT.values())
+  return tune + chosen + fronts + (toolkit if cfg.toolkit else 0)
 
 
 def run(cfg: Config, use_cache=True, progress=True) -> list[dict]:
