@@ -22,7 +22,7 @@ from profit_optax._src.step import profit_step as profit_step
 from profit_optax._src.warmup import ProfitWarmupState as ProfitWarmupState
 from profit_optax._src.warmup import profit_warmup as profit_warmup
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
   "FTPState",

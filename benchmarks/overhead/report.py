@@ -60,7 +60,10 @@ def to_markdown(res: dict, command: str) -> str:
     " it); *cond*: read from the state by the per-call drive's `lax.cond`."
     " Passes: the bytes XLA's cost analysis counts for the compiled step,"
     " divided by the parameter bytes (a conditional's two branches are both"
-    " counted).",
+    " counted). `profit_main_call_unguarded` is a diagnostic, not an option:"
+    " the static main call without the guard that keeps a non-finite"
+    " gradient from corrupting the moments (a select of the old and new"
+    " moments, or a conditional), to measure what the guard costs.",
     "",
     "| call | ms | × Adam | passes | × Adam's passes | XLA copies per leaf |",
     "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -72,7 +75,10 @@ def to_markdown(res: dict, command: str) -> str:
     "profit_reference_call_cond",
     "profit_main_call_cond",
     "naive_main_call",
+    "profit_main_call_unguarded",
   ):
+    if k not in o:
+      continue
     lines.append(
       f"| {k} | {1e3 * o[k]['update_s']:.2f} | {o[k]['ratio']:.2f} |"
       f" {o[k]['passes']:.1f} | {o[k]['passes'] / base_passes:.2f} |"

@@ -18,6 +18,7 @@ import profit_optax
 from benchmarks._common import report as rep
 from benchmarks.overhead.models import MODELS, Model
 from benchmarks.overhead.naive import naive_profit
+from profit_optax._src import profit as _profit
 
 LR, LR_REF = 1e-3, 1e-4
 
@@ -204,6 +205,10 @@ def optimizer_only(
     "profit_reference_call_cond": (profit, 0, {}),
     "profit_main_call_cond": (profit, 1, {}),
     "naive_main_call": (naive, 1, {}),
+    # A diagnostic, not a usable optimizer: the static main call without
+    # the non-finite guard (a NaN gradient would corrupt the moments). It
+    # measures what the guard costs.
+    "profit_main_call_unguarded": (_Unguarded(profit), None, {}),
   }
   out, runners = {}, {}
   for name, (tx, count, kwargs) in variants.items():
@@ -223,6 +228,19 @@ def optimizer_only(
     out[name]["ratio"] = median_ratio(t, times["base_update"])
   out["n_params"] = n_leaves * leaf_size
   return out
+
+
+class _Unguarded:
+  """PROFIT's main call without its non-finite guard (the private pieces)."""
+
+  def __init__(self, tx):
+    self._cfg = _profit._Config(
+      optax.with_extra_args_support(optax.adam(LR)), None, LR_REF, 1, None
+    )
+    self.init = tx.init
+
+  def update(self, grads, state, params):
+    return _profit._main_call(self._cfg, {}, None, grads, state, params)
 
 
 def _donated_step(tx, count=None, **kwargs):

@@ -1,6 +1,7 @@
 """The paper's toy experiment (arXiv 2412.01930, Sec. 4.1, Table 1, Tables 3-4).
 
-Default run (about 20 minutes on 2 CPU cores): pretrain the MLP on the old
+Default run (under 14 minutes on 2 CPU cores: ``--toolkit``, a superset of
+it, took 13.6, pretraining 8 of the 10 seeds included): pretrain the MLP on the old
 domain under the ``calibrated`` protocol (chosen by ``--calibrate``) for 10
 seeds (a seed varies the pretraining and the fine-tuning), then fine-tune
 every seed along each front: full RMSProp traced by its rate, WiSE-FT
@@ -18,7 +19,8 @@ the paper's Assumption 2 is shown; the committed ``toy.json`` is this run.
 {constant, cosine} schedules x 5 seeds, then RMSProp's decay at the chosen
 cell. Writes ``toy_calibration.{json,md,png}``.
 
-``--toolkit`` (its estimated run time is in its option's help above): the
+``--toolkit`` (13.6 minutes measured on 2 CPU cores, pretraining 8 of the
+10 seeds included; the committed ``toy_toolkit.json`` is this run): the
 calibrated protocol only, the default run's fronts plus one front per method
 of the fine-tuning-without-forgetting toolkit, each around RMSProp at the
 fine-tuning rate: PROFIT with a trust radius on the reference step, with a
@@ -37,11 +39,6 @@ from benchmarks._common import report as rep
 from benchmarks.toy import report, run, task
 
 SEEDS, CALIBRATION_SEEDS = 10, 5
-# --toolkit's run time on 2 CPU cores, an estimate: the toolkit's fronts
-# take about 1.9x the update-call time of the default fronts per seed (each
-# family's compiled chunk timed on 2 loaded cores), added to the default
-# calibrated run's 20 minutes, about half of which is fine-tuning.
-TOOLKIT_MINUTES = 40
 
 
 def main(argv=None):
@@ -66,8 +63,7 @@ def main(argv=None):
     "--toolkit",
     action="store_true",
     help="the calibrated protocol with one front per method of the toolkit"
-    f" (about {TOOLKIT_MINUTES} minutes on 2 CPU cores: an estimate from"
-    " timed chunks, not a measured run)",
+    " (13.6 minutes measured on 2 CPU cores, with most pretraining)",
   )
   args = rep.parse_args(parser, argv, SEEDS)
   if args.toolkit and (args.calibrate or args.full):
