@@ -121,3 +121,16 @@ def save(fig, path):
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+# How each toolkit front's knob is written beside its points, shared by the
+# toy and image reports.
+TOOLKIT_KNOB_FMT = {
+  "profit-trust": "r{:g}",
+  "profit-precond": "/{:g}",
+  "profit-leaf": "/{:g}",
+  "profit-warmup": "/{:g}",
+  "l2sp": "α{:g}",
+  "ftp": "k{:g}",
+  "spd": "λ{:g}",
+}

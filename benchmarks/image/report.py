@@ -432,13 +432,7 @@ KNOB_FMT = {
   "wise-ft": "α{:g}",
   "profit-ratio": "/{:g}",
   "profit-nref": "n{:g}",
-  "profit-trust": "r{:g}",
-  "profit-precond": "/{:g}",
-  "profit-leaf": "/{:g}",
-  "profit-warmup": "/{:g}",
-  "l2sp": "α{:g}",
-  "ftp": "k{:g}",
-  "spd": "λ{:g}",
+  **plots.TOOLKIT_KNOB_FMT,
 }
 
 
