@@ -87,31 +87,20 @@ def main(argv=None):
       batches = run.GRID_BATCHES if not args.quick else (32, 64, 128)
       records = run.calibrate(seeds, cfg, not args.no_cache, progress, batches)
       figures, protocols = None, {}
-    elif args.toolkit:
-      seeds = list(range(args.seeds))
-      protocols = {"calibrated": task.PROTOCOLS["calibrated"]}
-      records, figures = run.run_protocols(
-        protocols,
-        seeds,
-        cfg,
-        not args.no_cache,
-        progress,
-        fams=run.families(cfg) + run.toolkit_families(cfg),
-      )
     else:
       seeds = list(range(args.seeds))
-      protocols = (
-        task.PROTOCOLS
-        if args.full or args.quick  # --quick smoke-tests both
-        else {"calibrated": task.PROTOCOLS["calibrated"]}
-      )
+      if args.toolkit:
+        protocols = {"calibrated": task.PROTOCOLS["calibrated"]}
+        options = {"fams": run.families(cfg) + run.toolkit_families(cfg)}
+      else:
+        protocols = (
+          task.PROTOCOLS
+          if args.full or args.quick  # --quick smoke-tests both
+          else {"calibrated": task.PROTOCOLS["calibrated"]}
+        )
+        options = {"keep": {"pretrained", "full", "head", "profit"}}
       records, figures = run.run_protocols(
-        protocols,
-        seeds,
-        cfg,
-        not args.no_cache,
-        progress,
-        keep={"pretrained", "full", "head", "profit"},
+        protocols, seeds, cfg, not args.no_cache, progress, **options
       )
   meta = rep.finish_meta(
     {

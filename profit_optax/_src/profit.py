@@ -794,7 +794,7 @@ def _main_step(
   Returns the main update (relative to ``anchor``) and the state at the cycle
   boundary. ``ok`` is whether every gradient of the cycle was finite: ``None``
   when the caller already knows it is (the per-call drive decides it before
-  its ``lax.switch``); otherwise a traced bool, and a step that is not ok
+  its ``lax.cond``); otherwise a traced bool, and a step that is not ok
   returns a zero update and keeps the main optimizer's state, by selects
   (no data-dependent conditional on this path).
   """
@@ -1377,7 +1377,7 @@ def profit(
         " `init`."
       )
     # extra_args may hold values that are not arrays: the branches close
-    # over them and the configuration; the arrays are the switch's operands.
+    # over them and the configuration; the arrays are the cond's operands.
     grads_finite = _tree_all_finite(updates)
     if profit_phase is None:
       # Two branches: the main optimizer's step, and everything else (a
