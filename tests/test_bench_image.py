@@ -254,6 +254,17 @@ def test_config_rejects_missing_methods():
     run.Config(methods=("profit",))
 
 
+def test_each_shift_has_its_horizon():
+  cfg = run.Config()
+  labels, rotated = cfg.at("new-labels"), cfg.at("rotated")
+  assert (labels.steps, rotated.steps) == (4000, 1000)
+  # PROFIT (warmup)'s AdamW phase is 10% of each setting's own horizon.
+  assert (labels.warmup_steps, rotated.warmup_steps) == (400, 100)
+  assert run.Run("profit", 1e-4, 0, 10.0, 1).calls(labels) == 8000
+  # --quick: one short horizon everywhere.
+  assert cfg.quick().at("new-labels").steps == cfg.quick().steps
+
+
 def test_pretraining_shift_augmentation_moves_images():
   images = jnp.zeros((1, 28, 28)).at[0, 14, 14].set(1.0)
   x, _ = task.sampler(64, shift=2)(

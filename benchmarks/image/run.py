@@ -88,7 +88,12 @@ class Config:
   pretrain_batch: int = 128
   pretrain_every: int = 500  # steps between pretraining curve points
   pretrain_shift: int = 2  # random translations (pixels) while pretraining
-  steps: int = 1000  # fine-tuning steps of every method
+  steps: int = 1000  # fine-tuning steps of every method (the horizon)
+  # Longer horizons per shift: full AdamW's new-task validation accuracy on
+  # the new labels still rose 3.4 points (CNN) and 3.9 (ViT) from 1000 to
+  # 2000 steps at the rate its tuning chose (0.1 runs, committed before
+  # this horizon), while on the rotated shift it rose 0.4.
+  horizons: tuple[tuple[str, int], ...] = (("new-labels", 4000),)
   curve_factor: int = 2  # AdamW's curves run curve_factor * steps
   curve_every: int = 100
   batch: int = 32
@@ -122,6 +127,7 @@ class Config:
       pretrain_batch=32,
       pretrain_every=50,
       steps=20,
+      horizons=(),
       curve_every=10,
       chunk=2,
       eval_batch=113,
@@ -130,6 +136,12 @@ class Config:
       archs=("cnn",),
       methods=("full-adamw", "head-adamw", "profit", "profit-warmup"),
       n_refs=(1, 2),
+    )
+
+  def at(self, shift: str) -> Config:
+    """This configuration with ``steps`` the horizon of ``shift``."""
+    return dataclasses.replace(
+      self, steps=dict(self.horizons).get(shift, self.steps)
     )
 
   @property
@@ -310,7 +322,9 @@ class Setting:
         raise ValueError(
           f"{run}: {calls} calls is not a multiple of chunk {cfg.chunk}."
         )
-      runner, tx = self.runners(self.arch, kind, n_ref, self.shift != "rotated")
+      runner, tx = self.runners(
+        self.arch, kind, n_ref, self.shift != "rotated", cfg.warmup_steps
+      )
       state = loop.init_state(tx, params, hyper)
       params, _ = loop.train(
         runner,
@@ -335,17 +349,18 @@ class Setting:
 
 
 class Runners:
-  """Compiled runners, one per (arch, optimizer kind, n_ref), and per kind
-  of head for the methods that leave a new head out."""
+  """Compiled runners, one per (arch, optimizer kind, n_ref, warmup steps),
+  and per kind of head for the methods that leave a new head out."""
 
   def __init__(self, cfg: Config):
     self.cfg, self._cache = cfg, {}
 
-  def __call__(self, arch, kind, n_ref=1, new_head=False):
+  def __call__(self, arch, kind, n_ref=1, new_head=False, warmup=None):
     new_head = new_head if kind in MASKED_KINDS else None
-    key = (arch, kind, n_ref, new_head)
+    warmup = self.cfg.warmup_steps if warmup is None else warmup
+    key = (arch, kind, n_ref, new_head, warmup)
     if key not in self._cache:
-      tx = make_tx(kind, n_ref, self.cfg.warmup_steps, bool(new_head))
+      tx = make_tx(kind, n_ref, warmup, bool(new_head))
       self._cache[key] = (
         loop.make_runner(
           T.make_loss(arch), tx, T.sampler(self.cfg.batch), self.cfg.chunk
@@ -681,15 +696,16 @@ def run(cfg: Config, use_cache=True, progress=True) -> list[dict]:
     records += _pretrained_records(arch, pretrained, old, cfg, curve)
     info = {"arch": arch, "method": "pretrained", "seed": 0}
     for shift in cfg.shifts:
-      s = Setting(arch, shift, old, new_tasks[shift], pretrained, cfg, runners)
+      at = cfg.at(shift)
+      s = Setting(arch, shift, old, new_tasks[shift], pretrained, at, runners)
       if shift == "rotated":
         for metric, value in s.evaluate(pretrained).items():
           records.append(
             {**info, "shift": shift, "metric": metric, "value": value}
           )
       bar = tqdm(
-        total=count_runs(cfg), desc=f"{arch} {shift}", disable=not progress
+        total=count_runs(at), desc=f"{arch} {shift}", disable=not progress
       )
-      records += run_setting(s, cfg, bar)
+      records += run_setting(s, at, bar)
       bar.close()
   return records
