@@ -11,6 +11,9 @@ import profit_optax
 
 NAN = jnp.array([jnp.nan, 1.0])
 INF = jnp.array([1.0, jnp.inf])
+# Finite in float32, but its squared norm (1e40) is not: the guard reads
+# <g, g>, so this step is skipped too (Adam's second moment would overflow).
+HUGE = jnp.array([1e20, 1.0])
 
 
 def _driver(tx):
@@ -28,7 +31,7 @@ def _finite(tree):
   )
 
 
-@pytest.mark.parametrize("bad", [NAN, INF])
+@pytest.mark.parametrize("bad", [NAN, INF, HUGE])
 @pytest.mark.parametrize("where", ["reference", "main"])
 @pytest.mark.parametrize("n_ref", [1, 2])
 def test_non_finite_gradient_skips_the_step(bad, where, n_ref):
@@ -59,19 +62,36 @@ def test_non_finite_gradient_skips_the_step(bad, where, n_ref):
   assert int(state.step) == 1
 
 
+@pytest.mark.parametrize("bad", [NAN, HUGE])
 @pytest.mark.parametrize("where", [0, 1])
-def test_non_finite_in_whole_step_drive(where):
+def test_non_finite_in_whole_step_drive(where, bad):
   tx = profit_optax.profit(optax.adam(0.1), 0.01, n_ref=1, opaque_mode=True)
   params = jnp.array([1.0, 2.0])
   state = tx.init(params)
   grads = [jnp.array([0.5, -0.5]), jnp.array([0.5, -0.5])]
-  grads[where] = NAN
+  grads[where] = bad
   updates, state = jax.jit(
     lambda g0, s, p, g1: tx.update(g0, s, p, grad_fn=lambda q, i: g1)
   )(grads[0], state, params, grads[1])
   np.testing.assert_array_equal(updates, jnp.zeros(2))
   assert int(state.skipped) == 1 and int(state.step) == 0
   assert _finite(state.inner_state)
+
+
+@pytest.mark.parametrize("bad", [NAN, INF, HUGE])
+@pytest.mark.parametrize("where", [0, 1])
+def test_non_finite_in_profit_step(where, bad):
+  # The static phase: the guard is a select, no conditional.
+  tx = profit_optax.profit(optax.adam(0.1), 0.01, n_ref=1)
+  anchor = jnp.array([1.0, 2.0])
+  batches = jnp.stack([jnp.array([0.5, -0.5])] * 2).at[where].set(bad)
+  out = profit_optax.profit_step(
+    lambda p, b: jnp.vdot(p, b), tx, anchor, tx.init(anchor), batches
+  )
+  np.testing.assert_array_max_ulp(out.params, anchor, maxulp=1)
+  state = out.opt_state
+  assert int(state.skipped) == 1 and int(state.step) == 0
+  assert _finite(state.inner_state) and int(state.inner_state[0].count) == 0
 
 
 def test_inside_apply_if_finite_the_bad_call_is_dropped():

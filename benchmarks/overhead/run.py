@@ -240,7 +240,9 @@ class _Unguarded:
     self.init = tx.init
 
   def update(self, grads, state, params):
-    return _profit._main_call(self._cfg, {}, None, grads, state, params)
+    return _profit._main_call(
+      self._cfg, {}, None, grads, _profit._sq_norms(grads), state, params
+    )
 
 
 def _donated_step(tx, count=None, **kwargs):

@@ -479,11 +479,23 @@ def _tree_norm(tree: Any) -> jax.Array:
   return jnp.sqrt(_tree_vdot(tree, tree))
 
 
-def _tree_all_finite(tree: Any) -> jax.Array:
-  leaves = jax.tree_util.tree_leaves(tree)
-  if not leaves:
+def _sq_norms(tree: Any) -> tuple[jax.Array, ...]:
+  """``<x, x>`` of each leaf, accumulated in at least float32."""
+  return tuple(_tree_vdot(x, x) for x in jax.tree_util.tree_leaves(tree))
+
+
+def _finite(sq_norms: tuple[jax.Array, ...]) -> jax.Array:
+  """Whether a gradient with these per-leaf squared norms is finite.
+
+  A gradient counts as finite when its squared norm is: a NaN or an inf
+  element makes it NaN or inf, and so does a norm beyond the accumulation
+  dtype's range (1.8e19 in float32), a step no optimizer should take. The
+  squared norms are needed anyway (``<g, g>`` for the diagnostics), so the
+  check costs no pass of its own over the gradient.
+  """
+  if not sq_norms:
     return jnp.ones((), jnp.bool_)
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+  return jnp.isfinite(functools.reduce(jnp.add, sq_norms))
 
 
 def _match_state_types(new: Any, old: Any) -> Any:
@@ -726,10 +738,22 @@ def _group_vdot(a: Any, b: Any, members: Any) -> jax.Array:
   """
   if members is None:
     return _tree_vdot(a, b)[None]
-  parts = [
-    _tree_vdot(x, y)
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
-  ]
+  return _group_sum(
+    [
+      _tree_vdot(x, y)
+      for x, y in zip(
+        jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+      )
+    ],
+    members,
+  )
+
+
+def _group_sum(parts: Any, members: Any) -> jax.Array:
+  """Per-leaf scalars summed per group (one global group when ``members``
+  is None): one entry a group."""
+  if members is None:
+    return functools.reduce(jnp.add, parts, jnp.zeros((), jnp.float32))[None]
   dtype = jnp.result_type(*parts)
   zero = jnp.zeros((), dtype)
   return jnp.stack(
@@ -738,16 +762,19 @@ def _group_vdot(a: Any, b: Any, members: Any) -> jax.Array:
 
 
 def _project(
-  cfg: _Config, grads: optax.Updates, delta: Any
+  cfg: _Config, grads: optax.Updates, delta: Any, sq_norms: Any
 ) -> tuple[optax.Updates, ProfitDiagnostics]:
   """Step 3 of Algorithm 1: ``ω``, and the projection of ``g`` when ``ω < 0``.
 
-  Returns the (possibly projected) gradient and the diagnostics. The three
-  inner products are one fused pass over ``g`` and ``Δ``; the projection is
-  a select, fused into the main optimizer's pass. With ``projection_groups``
-  the three are vectors with one entry per group, and each leaf is projected
-  with its group's coefficient; the diagnostics stay global (``omega`` is
-  the sum over the groups, ``projected`` whether any group was).
+  Returns the (possibly projected) gradient and the diagnostics.
+  ``sq_norms`` are ``g``'s per-leaf squared norms (:func:`_sq_norms`),
+  already computed for the finiteness check. ``ω`` and ``<Δ, Δ>`` are the
+  one pass over ``Δ`` and ``g`` that must end before the projection starts;
+  the projection is a select, fused into the main optimizer's pass. With
+  ``projection_groups`` the three are vectors with one entry per group, and
+  each leaf is projected with its group's coefficient; the diagnostics stay
+  global (``omega`` is the sum over the groups, ``projected`` whether any
+  group was).
   """
   groups = _group_ids(cfg.projection_groups, grads)
   g_leaves, treedef = jax.tree_util.tree_flatten(grads)
@@ -755,7 +782,7 @@ def _project(
   leaf_group, members = groups or ((0,) * len(g_leaves), None)
   omega = _group_vdot(delta, grads, members)
   dd = _group_vdot(delta, delta, members)
-  gg = _group_vdot(grads, grads, members)
+  gg = _group_sum(sq_norms, members)
   projected = jnp.logical_and(omega < 0, dd > 0)
   coef = jnp.where(projected, omega / jnp.where(projected, dd, 1.0), 0.0)
   out = [
@@ -783,6 +810,7 @@ def _project(
 def _main_step(
   cfg: _Config,
   grads: optax.Updates,
+  sq_norms: Any,
   delta: Any,
   state: ProfitState,
   anchor: optax.Params,
@@ -792,13 +820,14 @@ def _main_step(
   """Steps 3-4: projection, then the main optimizer's step from the anchor.
 
   Returns the main update (relative to ``anchor``) and the state at the cycle
-  boundary. ``ok`` is whether every gradient of the cycle was finite: ``None``
-  when the caller already knows it is (the per-call drive decides it before
-  its ``lax.cond``); otherwise a traced bool, and a step that is not ok
-  returns a zero update and keeps the main optimizer's state, by selects
-  (no data-dependent conditional on this path).
+  boundary. ``sq_norms`` as in :func:`_project`. ``ok`` is whether every
+  gradient of the cycle was finite: ``None`` when the caller already knows
+  it is (the per-call drive decides it before its ``lax.cond``); otherwise a
+  traced bool, and a step that is not ok returns a zero update and keeps the
+  main optimizer's state, by selects (no data-dependent conditional on this
+  path).
   """
-  grads, diagnostics = _project(cfg, grads, delta)
+  grads, diagnostics = _project(cfg, grads, delta, sq_norms)
   updates, inner_state = cfg.optimizer.update(
     grads, state.inner_state, anchor, **extra_args
   )
@@ -925,6 +954,7 @@ def _main_call(
   extra_args: dict[str, Any],
   ok: jax.Array | None,
   grads: optax.Updates,
+  sq_norms: Any,
   state: ProfitState,
   params: optax.Params,
 ) -> tuple[optax.Updates, ProfitState]:
@@ -933,11 +963,11 @@ def _main_call(
   Reads ``Δ`` from the state: the anchor is ``params - Δ`` and the returned
   update is ``O(g) - Δ``, so that ``optax.apply_updates`` lands on
   ``anchor + O(g)`` (or back on the anchor when the step is skipped). ``ok``
-  as in :func:`_main_step`.
+  as in :func:`_main_step`, ``sq_norms`` as in :func:`_project`.
   """
   anchor = _anchor_of(params, state.delta)
   updates, new_state = _main_step(
-    cfg, grads, state.delta, state, anchor, ok, extra_args
+    cfg, grads, sq_norms, state.delta, state, anchor, ok, extra_args
   )
   return _relative_to(updates, state.delta, params), new_state
 
@@ -947,6 +977,7 @@ def _reference_or_skip(
   extra_args: dict[str, Any],
   grads_finite: jax.Array,
   grads: optax.Updates,
+  sq_norms: Any,
   state: ProfitState,
   params: optax.Params,
 ) -> tuple[optax.Updates, ProfitState]:
@@ -955,8 +986,9 @@ def _reference_or_skip(
   The latter returns to the anchor (the update is ``-Δ``) and leaves the
   main optimizer untouched. Selects between the two: both are cheap
   elementwise work, and neither steps the main optimizer. ``Δ`` is left for
-  :func:`_accumulate`.
+  :func:`_accumulate`. ``sq_norms`` (the main call's operand) is not used.
   """
+  del sq_norms
   skip = state.count >= cfg.n_ref
   updates, new_state = _reference_call(
     cfg, extra_args, grads_finite, grads, state, params
@@ -989,7 +1021,7 @@ def _whole_step(
 
   def body(carry, i):
     theta, delta, ref_state, g, finite = carry
-    finite = jnp.logical_and(finite, _tree_all_finite(g))
+    finite = jnp.logical_and(finite, _finite(_sq_norms(g)))
     u, ref_state = _reference_step(
       cfg, g, ref_state, theta, state, delta, radius, finite, extra_args
     )
@@ -1021,8 +1053,9 @@ def _whole_step(
   (_, delta, _, g, finite), _ = jax.lax.scan(
     body, carry, jnp.arange(cfg.n_ref, dtype=jnp.int32)
   )
-  ok = jnp.logical_and(finite, _tree_all_finite(g))
-  return _main_step(cfg, g, delta, state, params, ok, extra_args)
+  sq_norms = _sq_norms(g)
+  ok = jnp.logical_and(finite, _finite(sq_norms))
+  return _main_step(cfg, g, sq_norms, delta, state, params, ok, extra_args)
 
 
 # --------------------------------------------------------------------------
@@ -1096,6 +1129,8 @@ def profit(
   returns: put clipping and similar preprocessing inside ``optimizer``.
 
   Non-finite gradients: a reference call whose gradient has a NaN or an inf
+  (or a squared norm beyond the accumulation dtype's range, about 1.8e19 in
+  float32: the check reads ``<g, g>``, which the diagnostics need anyway)
   does not move the parameters, and the main call of such a cycle (or a main
   call with a non-finite gradient) returns the parameters to the anchor
   without changing the main optimizer's state; ``state.skipped`` counts
@@ -1378,7 +1413,8 @@ def profit(
       )
     # extra_args may hold values that are not arrays: the branches close
     # over them and the configuration; the arrays are the cond's operands.
-    grads_finite = _tree_all_finite(updates)
+    sq_norms = _sq_norms(updates)
+    grads_finite = _finite(sq_norms)
     if profit_phase is None:
       # Two branches: the main optimizer's step, and everything else (a
       # reference call, or the main call of a cycle that saw a non-finite
@@ -1394,6 +1430,7 @@ def profit(
         functools.partial(_main_call, cfg, extra_args, None),
         functools.partial(_reference_or_skip, cfg, extra_args, grads_finite),
         updates,
+        sq_norms,
         state,
         params,
       )
@@ -1403,7 +1440,7 @@ def profit(
       )
     elif profit_phase == "main":
       ok = jnp.logical_and(state.finite, grads_finite)
-      return _main_call(cfg, extra_args, ok, updates, state, params)
+      return _main_call(cfg, extra_args, ok, updates, sq_norms, state, params)
     else:
       raise ValueError(
         f"`profit_phase` must be None (read the phase from the state),"
