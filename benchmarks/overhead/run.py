@@ -298,18 +298,22 @@ def _peak_bytes(compiled) -> int | None:
 
 
 def memory(model: Model) -> dict:
-  """Peak bytes of one compiled train call (params and state donated)."""
+  """Peak bytes of one compiled train call (params and state donated): Adam,
+  PROFIT's per-call drive (the phase read from the state), and PROFIT's
+  main call with the phase static (what ``profit_step`` runs)."""
   params = model.init(jax.random.PRNGKey(0))
   batch = jax.tree.map(lambda x: x[0], model.batches(jax.random.PRNGKey(1), 1))
   grad = jax.grad(model.loss)
   out = {"param_bytes": int(sum(x.nbytes for x in jax.tree.leaves(params)))}
-  for name, tx in (
-    ("base", optax.adam(LR)),
-    ("profit", profit_optax.profit(optax.adam(LR), LR_REF)),
+  profit = profit_optax.profit(optax.adam(LR), LR_REF)
+  for name, tx, kwargs in (
+    ("base", optax.adam(LR), {}),
+    ("profit", profit, {}),
+    ("profit_main", profit, {"profit_phase": "main"}),
   ):
 
-    def call(params, state, batch, tx=tx):
-      updates, state = tx.update(grad(params, batch), state, params)
+    def call(params, state, batch, tx=tx, kwargs=kwargs):
+      updates, state = tx.update(grad(params, batch), state, params, **kwargs)
       return optax.apply_updates(params, updates), state
 
     compiled = (
@@ -319,8 +323,10 @@ def memory(model: Model) -> dict:
     )
     out[f"{name}_peak_bytes"] = _peak_bytes(compiled)
   if out["base_peak_bytes"] is not None:
-    extra = out["profit_peak_bytes"] - out["base_peak_bytes"]
-    out["extra_over_param_bytes"] = extra / out["param_bytes"]
+    for name in ("profit", "profit_main"):
+      extra = out[f"{name}_peak_bytes"] - out["base_peak_bytes"]
+      key = "extra" if name == "profit" else "extra_main"
+      out[f"{key}_over_param_bytes"] = extra / out["param_bytes"]
   return out
 
 
