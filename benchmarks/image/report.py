@@ -138,10 +138,17 @@ def _pretraining(records, out, name, diff_column=False) -> list[str]:
     lines.append(row)
     if curve:
       ax.plot(*zip(*curve), "o-", ms=3, label=arch)
+  if not ax.lines:  # weights from the cache, which keeps no curve
+    plt.close(fig)
+    return lines + [
+      "",
+      "The pretraining curves are in `image_pretraining.md`"
+      " (`python -m benchmarks.image --pretraining`).",
+      "",
+    ]
   ax.set_xlabel("pretraining step")
   ax.set_ylabel("MNIST validation accuracy")
-  if ax.lines:
-    ax.legend()
+  ax.legend()
   plots.save(fig, out / f"{name}_pretrain.png")
   return lines + ["", f"![pretraining curves]({name}_pretrain.png)", ""]
 
