@@ -870,13 +870,12 @@ def _guarded(
   take: Callable[..., Any],
   by_cond: bool,
   ok: jax.Array,
-  grads: optax.Updates,
-  sq_norms: Any,
-  delta: Any,
-  state: ProfitState,
-  anchor: optax.Params,
+  *operands: Any,
 ) -> tuple[optax.Updates, ProfitState]:
-  """The main step taken if ``ok``, else skipped, decided on the device.
+  """``take(*operands)`` if ``ok``, else the step skipped, on the device.
+
+  ``operands`` are :func:`_take_main`'s ``(grads, sq_norms, delta, state,
+  anchor)``.
 
   ``by_cond``: a ``lax.cond``, what :func:`_main_step` lowers on CPU, where
   the host runs the program and nothing waits on a device; else selects of
@@ -886,7 +885,7 @@ def _guarded(
   the moments (on CPU, two parameter-sized copies per leaf and as much
   more memory), a conditional does not.
   """
-  operands = (grads, sq_norms, delta, state, anchor)
+  state, anchor = operands[3:]
   if by_cond:
     return jax.lax.cond(
       ok, take, lambda *o: _skip_main(cfg, o[3], o[4]), *operands
