@@ -824,75 +824,21 @@ def _main_step(
   gradient of the cycle was finite: ``None`` when the caller already knows
   it is (the per-call drive decides it before its ``lax.cond``); otherwise a
   traced bool, and a step that is not ok returns a zero update and keeps the
-  main optimizer's state (:func:`_guarded`).
+  main optimizer's state, by selects (no data-dependent conditional on this
+  path).
   """
-  take = functools.partial(_take_main, cfg, extra_args)
-  operands = (grads, sq_norms, delta, state, anchor)
-  if ok is None:
-    return take(*operands)
-  return jax.lax.platform_dependent(
-    ok,
-    *operands,
-    cpu=functools.partial(_guarded, cfg, take, True),
-    default=functools.partial(_guarded, cfg, take, False),
-  )
-
-
-def _take_main(
-  cfg: _Config,
-  extra_args: dict[str, Any],
-  grads: optax.Updates,
-  sq_norms: Any,
-  delta: Any,
-  state: ProfitState,
-  anchor: optax.Params,
-) -> tuple[optax.Updates, ProfitState]:
-  """The main step taken: projection, the main optimizer, the cycle's end."""
   grads, diagnostics = _project(cfg, grads, delta, sq_norms)
   updates, inner_state = cfg.optimizer.update(
     grads, state.inner_state, anchor, **extra_args
   )
   updates = optax.tree.cast_like(updates, anchor)
   inner_state = _match_state_types(inner_state, state.inner_state)
-  return updates, _end_cycle(cfg, state, anchor, inner_state, diagnostics)
-
-
-def _skip_main(
-  cfg: _Config, state: ProfitState, anchor: optax.Params
-) -> tuple[optax.Updates, ProfitState]:
-  """The main step skipped: a zero update, the main optimizer untouched."""
-  zeros = jax.tree.map(jnp.zeros_like, anchor)
-  return zeros, _end_cycle(cfg, state, anchor)
-
-
-def _guarded(
-  cfg: _Config,
-  take: Callable[..., Any],
-  by_cond: bool,
-  ok: jax.Array,
-  *operands: Any,
-) -> tuple[optax.Updates, ProfitState]:
-  """``take(*operands)`` if ``ok``, else the step skipped, on the device.
-
-  ``operands`` are :func:`_take_main`'s ``(grads, sq_norms, delta, state,
-  anchor)``.
-
-  ``by_cond``: a ``lax.cond``, what :func:`_main_step` lowers on CPU, where
-  the host runs the program and nothing waits on a device; else selects of
-  the two outcomes, what it lowers on accelerators, where a data-dependent
-  conditional would send ``ok`` to the host. Both keep the old moments
-  next to the new until ``ok`` is known: a select of the two makes XLA copy
-  the moments (on CPU, two parameter-sized copies per leaf and as much
-  more memory), a conditional does not.
-  """
-  state, anchor = operands[3:]
-  if by_cond:
-    return jax.lax.cond(
-      ok, take, lambda *o: _skip_main(cfg, o[3], o[4]), *operands
-    )
-  updates, taken = take(*operands)
+  if ok is None:
+    return updates, _end_cycle(cfg, state, anchor, inner_state, diagnostics)
   updates = jax.tree.map(lambda u: jnp.where(ok, u, 0).astype(u.dtype), updates)
-  return updates, optax.tree.where(ok, taken, _end_cycle(cfg, state, anchor))
+  taken = _end_cycle(cfg, state, anchor, inner_state, diagnostics)
+  skipped = _end_cycle(cfg, state, anchor)
+  return updates, optax.tree.where(ok, taken, skipped)
 
 
 def _end_cycle(
@@ -1207,13 +1153,8 @@ def profit(
   non-finite hold and skip, the accumulation of ``Δ``) is an element-wise
   select (``jnp.where``), fused by XLA into passes that are needed anyway and
   never letting the unchosen side's values (an inf, a NaN) through. With a
-  static ``profit_phase``, and in opaque mode, there is no conditional on
-  the phase, and on accelerators none at all: nothing waits on the device to
-  decide. The main step's non-finite guard (step, or skip and keep the
-  moments) is a select there, and a ``lax.cond`` in the program lowered for
-  CPU (``lax.platform_dependent``), where a select of old and new moments
-  would cost XLA a parameter-sized copy of each and a conditional waits on
-  nothing. The per-call drive's return to
+  static ``profit_phase``, and in opaque mode, there is no conditional at
+  all: nothing waits on the device to decide. The per-call drive's return to
   the anchor costs one rounding more than the whole-step drive's:
   ``params - Δ`` is computed, not stored.
 
