@@ -74,17 +74,23 @@ def chosen_runs(records, arch, shift) -> dict[str, dict]:
   return out
 
 
+# What every fine-tuning report's numbers are (its opening paragraph).
+_ACCURACIES = (
+  "Accuracies in %. `old`: MNIST test accuracy through the old head (the",
+  "fine-tuned model itself for `rotated`); `new`: the new task's test",
+  "accuracy. Every hyperparameter was chosen on validation splits held out",
+  "of the training sets (score: mean of old and new validation accuracy),",
+  "on seed 0; the test sets are only reported. Intervals: 95% bootstrap",
+  "over seeds.",
+)
+
+
 def main_report(records, meta, out, name) -> str:
   lines = [
     "# Image classification (Sec. 4.2 protocol): tuned rivals, seeds and fronts",
     "",
     *rep.header(meta),
-    "Accuracies in %. `old`: MNIST test accuracy through the old head (the",
-    "fine-tuned model itself for `rotated`); `new`: the new task's test",
-    "accuracy. Every hyperparameter was chosen on validation splits held out",
-    "of the training sets (score: mean of old and new validation accuracy),",
-    "on seed 0; the test sets are only reported. Intervals: 95% bootstrap",
-    "over seeds.",
+    *_ACCURACIES,
     "",
   ]
   lines += _pretraining(records, out, name)
@@ -574,12 +580,7 @@ def toolkit_report(records, meta, out, name) -> str:
     "forgetting toolkit",
     "",
     *rep.header(meta),
-    "Accuracies in %. `old`: MNIST test accuracy through the old head (the",
-    "fine-tuned model itself for `rotated`); `new`: the new task's test",
-    "accuracy. Every hyperparameter was chosen on validation splits held out",
-    "of the training sets (score: mean of old and new validation accuracy),",
-    "on seed 0; the test sets are only reported. Intervals: 95% bootstrap",
-    "over seeds.",
+    *_ACCURACIES,
     "",
     "The rivals are tuned as in `image.md` (each its rate from a grid of 4,",
     "PROFIT also its ratio). Each toolkit method wraps AdamW at the rate",
