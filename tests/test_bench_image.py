@@ -45,7 +45,8 @@ def test_every_stage_is_recorded(image_quick):
       if r.get("front"):
         fronts.setdefault(r["front"], set()).add(r["knob"])
         assert r["knob_name"]
-    assert len(fronts["full-adamw"]) == 4 and len(fronts["profit-ratio"]) == 4
+    assert fronts["full-adamw"] == set(run.GRIDS["full-adamw"])
+    assert fronts["profit-ratio"] == set(run.RATIOS)
     assert len(fronts["wise-ft"]) == 5 and fronts["profit-nref"] == {1, 2}
     assert any(r["metric"] == "curve_acc_new_val" for r in at)
   assert all(0.0 <= r["value"] <= 1.0 for r in records)

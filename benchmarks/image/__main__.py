@@ -9,8 +9,9 @@ Protocol, per (shift, architecture):
 2. full AdamW's validation curves over twice the fine-tuning horizon (1000
    steps at batch 32 on the rotated shift, 4000 on the new labels, whose
    accuracy rises longer), to show whether the horizon reaches the plateau;
-3. every method's learning rate from a grid of 4, and PROFIT's
-   ``lr_main / lr_ref`` from the paper's range {10, 100, 1000, 10000}, chosen
+3. every method's learning rate from a grid of 5 (head-only AdamW's of 4),
+   and PROFIT's ``lr_main / lr_ref`` from the paper's range {10, 100, 1000,
+   10000}, chosen
    on one seed by the mean of old-task and new-task accuracy on validation
    splits held out of the training sets (never the test sets);
 4. every method at its chosen values on 5 seeds (test accuracy);

@@ -582,7 +582,7 @@ def toolkit_report(records, meta, out, name) -> str:
     *rep.header(meta),
     *_ACCURACIES,
     "",
-    "The rivals are tuned as in `image.md` (each its rate from a grid of 4,",
+    "The rivals are tuned as in `image.md` (each its rate from its grid,",
     "PROFIT also its ratio). Each toolkit method wraps AdamW at the rate",
     "AdamW's own tuning chose for the setting and tunes one knob on its grid",
     "(the same validation score, seed 0), then runs every seed at every",
