@@ -25,9 +25,13 @@ def test_overhead_quick(tmp_path):
   ):
     assert math.isfinite(row["times"][drive]["ratio"])
   assert res["compiles"]["mlp"] == {"per_call": 1, "profit_step": 1}
+  assert "guarded_adam" in data["optimizer_only"]
+  assert "| guarded_adam |" in report
   for call in data["optimizer_only"].values():
     if isinstance(call, dict):
       assert call["passes"] > 0 and math.isfinite(call["ratio"])
+      pages = call["fresh_pages"]
+      assert pages is None or (math.isfinite(pages) and pages >= 0)
   mem = res["memory"]["mlp"]
   if mem["base_peak_bytes"] is not None:
     # Δ is the only parameter-sized extra.

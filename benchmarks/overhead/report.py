@@ -63,13 +63,20 @@ def to_markdown(res: dict, command: str) -> str:
     " counted). `profit_main_call_unguarded` is a diagnostic, not an option:"
     " the static main call without the guard that keeps a non-finite"
     " gradient from corrupting the moments (a select of the old and new"
-    " moments, or a conditional), to measure what the guard costs.",
+    " moments, or a conditional), to measure what the guard costs."
+    " `guarded_adam` is optax's own guard, `optax.apply_if_finite` around"
+    " Adam. Fresh pages: memory newly mapped per call (minor page faults"
+    " times the page size), in parameter bytes: buffers XLA allocates per"
+    " call, faulted in page by page, a cost in the time but not in the"
+    " passes.",
     "",
-    "| call | ms | × Adam | passes | × Adam's passes | XLA copies per leaf |",
-    "| --- | ---: | ---: | ---: | ---: | ---: |",
+    "| call | ms | × Adam | passes | × Adam's passes | XLA copies per leaf"
+    " | fresh pages |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
   ]
   for k in (
     "base_update",
+    "guarded_adam",
     "profit_reference_call",
     "profit_main_call",
     "profit_reference_call_cond",
@@ -83,6 +90,7 @@ def to_markdown(res: dict, command: str) -> str:
       f"| {k} | {1e3 * o[k]['update_s']:.2f} | {o[k]['ratio']:.2f} |"
       f" {o[k]['passes']:.1f} | {o[k]['passes'] / base_passes:.2f} |"
       f" {o[k]['copies_step'] / res['optimizer_only_leaves']:.1f} |"
+      f" {_pages(o[k].get('fresh_pages'))} |"
     )
   worst = max(
     o[k]["ratio"] for k in ("profit_main_call", "profit_main_call_cond")
@@ -176,3 +184,8 @@ def to_markdown(res: dict, command: str) -> str:
       + " per PROFIT step than the PyTorch implementation.",
     ]
   return "\n".join(lines) + "\n"
+
+
+def _pages(value) -> str:
+  """Fresh pages per call (absent from runs before the column: n/a)."""
+  return "n/a" if value is None else f"{value:.2f}"
