@@ -29,9 +29,10 @@ cores shared with another job, with the pretrained CNN cached; pretraining
 it adds about a minute; writes ``image_rotated.*``). ``--full`` runs both
 shifts (48 minutes measured, shared; writes ``image.*``, the committed run).
 ``--archs vit --shifts SHIFT`` runs the ViT on one shift (the committed ViT
-runs, from before the new labels' 4000-step horizon: new-labels 42 minutes
-at 1000 steps, rotated 27). Needs ``bash scripts/fetch_data.sh`` first; ``--quick`` is a smoke
-run on scikit-learn's digits. ``--from-json PATH`` re-renders a report.
+runs, from before the new labels' 4000-step horizon and the grids of 5:
+new-labels 42 minutes at 1000 steps, rotated 27). Needs
+``bash scripts/fetch_data.sh`` first; ``--quick`` is a smoke run on
+scikit-learn's digits. ``--from-json PATH`` re-renders a report.
 
 ``--toolkit`` (its estimated run time is in its option's help above): the
 same run plus the fine-tuning-without-forgetting toolkit, each method
