@@ -28,9 +28,10 @@ The default runs the CNN on the rotated shift (12 minutes measured on 2 CPU
 cores shared with another job, with the pretrained CNN cached; pretraining
 it adds about a minute; writes ``image_rotated.*``). ``--full`` runs both
 shifts (48 minutes measured, shared; writes ``image.*``, the committed run).
-``--archs vit --shifts SHIFT`` runs the ViT on one shift (the committed ViT
-runs, from before the new labels' 4000-step horizon and the grids of 5:
-new-labels 42 minutes at 1000 steps, rotated 27). Needs
+``--archs vit --shifts SHIFT`` runs the ViT on one shift (the committed
+rotated run: 29 minutes, shared; the committed new-labels run predates the
+new labels' 4000-step horizon and the grids of 5: 42 minutes at 1000
+steps). Needs
 ``bash scripts/fetch_data.sh`` first; ``--quick`` is a smoke run on
 scikit-learn's digits. ``--from-json PATH`` re-renders a report.
 
