@@ -180,8 +180,9 @@ def test_toolkit_report(toolkit_quick):
 
 def _steps(tx, params, batches, loss):
   state = tx.init(params)
+  update, grad = jax.jit(tx.update), jax.jit(jax.grad(loss))
   for batch in batches:
-    updates, state = tx.update(jax.grad(loss)(params, batch), state, params)
+    updates, state = update(grad(params, batch), state, params)
     params = optax.apply_updates(params, updates)
   return params
 
@@ -217,7 +218,7 @@ def test_toolkit_optimizers_step(kind, new_head):
   images = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28))
   batch = (images, jnp.arange(4, dtype=jnp.int32))
   grads = jax.grad(task.make_loss("cnn"))(params, batch)
-  updates, _ = tx.update(grads, tx.init(params), params)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   assert optax.tree.norm(updates["trunk"]) > 0
   assert optax.tree.norm(updates["head"]) > 0
 

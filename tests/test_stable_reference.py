@@ -88,11 +88,12 @@ def test_delta_stays_in_the_ball(n_ref):
   tx = profit_optax.profit(optax.adam(LR_MAIN), 0.05, n_ref, ref_trust_radius=r)
   state = tx.init(p)
   grad = jax.jit(jax.grad(helpers.jax_loss))
+  update = jax.jit(tx.update)
   bound = []
   for i, batch in enumerate(batches[: 10 * (n_ref + 1)]):
     if i % (n_ref + 1) == 0:
       anchor_norm = float(optax.tree.norm(p))
-    updates, state = tx.update(grad(p, helpers.to_jax(batch)), state, p)
+    updates, state = update(grad(p, helpers.to_jax(batch)), state, p)
     p = optax.apply_updates(p, updates)
     if int(state.count) > 0:
       norm = float(optax.tree.norm(state.delta))

@@ -26,6 +26,18 @@ def _error_and_cosine(delta, exact) -> tuple[float, float]:
   return float(np.sqrt(err / norm)), float(dot / np.sqrt(norm * dnorm))
 
 
+@jax.jit
+def _reference_call(params, grads, lr_ref):
+  """The moved parameters and the kept Δ after one reference call.
+
+  One compilation per model: ``lr_ref`` is traced, as under
+  ``optax.inject_hyperparams``.
+  """
+  tx = profit_optax.profit(optax.adamw(LR_MAIN), lr_ref)
+  updates, state = tx.update(grads, tx.init(params), params)
+  return optax.apply_updates(params, updates), state.delta
+
+
 def measure(params, grads, lr_ref: float) -> dict[str, float]:
   """The float32 Δ of one PROFIT reference call against ``-lr_ref * g``.
 
@@ -35,15 +47,13 @@ def measure(params, grads, lr_ref: float) -> dict[str, float]:
   the Δ the package keeps in its state (the sum of the reference updates).
   """
   exact = [-lr_ref * np.asarray(g, np.float64) for g in jax.tree.leaves(grads)]
-  tx = profit_optax.profit(optax.adamw(LR_MAIN), lr_ref)
-  updates, state = tx.update(grads, tx.init(params), params)
-  moved = optax.apply_updates(params, updates)
+  moved, kept = _reference_call(params, grads, jnp.float32(lr_ref))
   difference = [
     np.asarray(m, np.float64) - np.asarray(p, np.float64)
     for m, p in zip(jax.tree.leaves(moved), jax.tree.leaves(params))
   ]
   err_diff, cos_diff = _error_and_cosine(difference, exact)
-  err_kept, cos_kept = _error_and_cosine(jax.tree.leaves(state.delta), exact)
+  err_kept, cos_kept = _error_and_cosine(jax.tree.leaves(kept), exact)
   return {
     "delta_rel_error": err_diff,
     "delta_cos": cos_diff,
