@@ -77,6 +77,55 @@ def test_resume_at_every_point_of_a_cycle(tmp_path, n_ref):
   checkpointer.close()
 
 
+def _options_tx(kind):
+  adam = optax.adam(1e-2)
+  if kind == "trust":
+    return profit_optax.profit(adam, 1e-3, n_ref=2, ref_trust_radius=1e-3)
+  if kind == "precondition":
+    return profit_optax.profit(adam, 1e-3, n_ref=2, ref_preconditioner="main")
+  if kind == "per-layer":
+    return profit_optax.profit(adam, 1e-3, n_ref=2, projection_groups="leaf")
+  # The warmup recipe: 3 warmup calls, then PROFIT (its state restarted).
+  return profit_optax.profit_warmup(
+    optax.adam(1e-2), profit_optax.profit(optax.adam(1e-2), 1e-3, n_ref=2), 3
+  )
+
+
+@pytest.mark.parametrize(
+  "kind", ["trust", "precondition", "per-layer", "warmup"]
+)
+def test_toolkit_options_resume_bit_identically(tmp_path, kind):
+  """The stable reference steps, per-layer PROFIT and ``profit_warmup``
+  resume from a checkpoint taken after any call (mid-cycle, at a cycle's
+  end, before and after the warmup's switch) as if never interrupted."""
+  tx = _options_tx(kind)
+  call = make_call(tx)
+  # Away from zero, so that the trust radius (relative to the anchor's
+  # norm) is not zero from the start.
+  params0 = {"w": jnp.array([0.5, -1.0, 0.2]), "b": jnp.array(0.1)}
+  keys = jax.random.split(jax.random.PRNGKey(1), 9)
+  want_params, want_state = run(call, params0, tx.init(params0), keys)
+  target = jax.eval_shape(
+    lambda: {"params": params0, "opt_state": tx.init(params0)}
+  )
+  with ocp.StandardCheckpointer() as checkpointer:
+    for stop in range(1, len(keys)):
+      params, state = run(call, params0, tx.init(params0), keys[:stop])
+      path = tmp_path / f"stop{stop}"
+      checkpointer.save(path, {"params": params, "opt_state": state})
+      checkpointer.wait_until_finished()
+      restored = checkpointer.restore(path, target)
+      assert type(restored["opt_state"]) is type(state)
+      assert_bit_identical(restored, {"params": params, "opt_state": state})
+      got_params, got_state = run(
+        call, restored["params"], restored["opt_state"], keys[stop:]
+      )
+      assert_bit_identical(got_params, want_params)
+      assert_bit_identical(got_state, want_state)
+  # The run moved, and PROFIT stepped (after the switch, for the warmup).
+  assert int(profit_optax.find_profit_state(want_state).step) >= 1
+
+
 def test_a_0_1_checkpoint_fails_clearly_and_converts_as_the_changelog_says(
   tmp_path,
 ):
