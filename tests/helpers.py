@@ -63,6 +63,46 @@ def run_batches(loss, tx, params, data, shard_batch=lambda b: b):
   return params, state
 
 
+def assert_sharded_run_matches_single_device(
+  mesh, loss, tx, params, data, shardings, rtol=1e-9, atol=1e-11
+):
+  """A run of ``tx`` over ``data`` from ``params`` placed by ``shardings``
+  (the batches split along ``"data"``) follows the single-device run; call
+  it under ``jax.enable_x64`` for a tight comparison."""
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  want, _ = run_batches(loss, tx, params, data)
+  got, _ = run_batches(
+    loss,
+    tx,
+    jax.device_put(params, shardings),
+    data,
+    lambda b: jax.device_put(b, NamedSharding(mesh, P("data"))),
+  )
+  chex.assert_trees_all_close(got, want, rtol=rtol, atol=atol)
+
+
+# PROFIT's toolkit options and the warmup recipe, at n_ref 2, around Adam.
+PROFIT_OPTIONS = ("trust", "precondition", "per-layer", "warmup")
+
+
+def profit_option_tx(kind):
+  """PROFIT with one of :data:`PROFIT_OPTIONS`; ``"warmup"`` is
+  ``profit_warmup`` with 3 warmup calls before plain PROFIT."""
+  adam = optax.adam(1e-2)
+  if kind == "trust":
+    return profit_optax.profit(adam, 1e-3, n_ref=2, ref_trust_radius=1e-3)
+  if kind == "precondition":
+    return profit_optax.profit(adam, 1e-3, n_ref=2, ref_preconditioner="main")
+  if kind == "per-layer":
+    return profit_optax.profit(adam, 1e-3, n_ref=2, projection_groups="leaf")
+  assert kind == "warmup", kind
+  return profit_optax.profit_warmup(
+    optax.adam(1e-2), profit_optax.profit(optax.adam(1e-2), 1e-3, n_ref=2), 3
+  )
+
+
 def init_abstract_like_concrete(tx, params, shardings):
   """``tx.init`` of the parameters as jax.ShapeDtypeStructs placed by
   ``shardings``, directly and under ``jax.eval_shape``: both must have the

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import profit_optax
+from tests import helpers
 
 ocp = pytest.importorskip("orbax.checkpoint")
 
@@ -77,28 +78,12 @@ def test_resume_at_every_point_of_a_cycle(tmp_path, n_ref):
   checkpointer.close()
 
 
-def _options_tx(kind):
-  adam = optax.adam(1e-2)
-  if kind == "trust":
-    return profit_optax.profit(adam, 1e-3, n_ref=2, ref_trust_radius=1e-3)
-  if kind == "precondition":
-    return profit_optax.profit(adam, 1e-3, n_ref=2, ref_preconditioner="main")
-  if kind == "per-layer":
-    return profit_optax.profit(adam, 1e-3, n_ref=2, projection_groups="leaf")
-  # The warmup recipe: 3 warmup calls, then PROFIT (its state restarted).
-  return profit_optax.profit_warmup(
-    optax.adam(1e-2), profit_optax.profit(optax.adam(1e-2), 1e-3, n_ref=2), 3
-  )
-
-
-@pytest.mark.parametrize(
-  "kind", ["trust", "precondition", "per-layer", "warmup"]
-)
+@pytest.mark.parametrize("kind", helpers.PROFIT_OPTIONS)
 def test_toolkit_options_resume_bit_identically(tmp_path, kind):
   """The stable reference steps, per-layer PROFIT and ``profit_warmup``
   resume from a checkpoint taken after any call (mid-cycle, at a cycle's
   end, before and after the warmup's switch) as if never interrupted."""
-  tx = _options_tx(kind)
+  tx = helpers.profit_option_tx(kind)
   call = make_call(tx)
   # Away from zero, so that the trust radius (relative to the anchor's
   # norm) is not zero from the start.

@@ -3,10 +3,8 @@ stored displacement Δ keeps the parameters' sharding through the steps
 (across the warmup's switch too), and a sharded run follows the
 single-device trajectory."""
 
-import chex
 import jax
 import jax.numpy as jnp
-import optax
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -16,22 +14,6 @@ from tests import helpers
 from tests.multidevice.test_sharding import batches, init_params, loss_fn
 
 CALLS = 9  # three cycles at n_ref 2; the warmup switches after 3 calls
-
-
-def make_tx(kind):
-  adam = optax.adam(1e-2)
-  if kind == "trust":
-    return profit_optax.profit(adam, 1e-3, n_ref=2, ref_trust_radius=1e-3)
-  if kind == "precondition":
-    return profit_optax.profit(adam, 1e-3, n_ref=2, ref_preconditioner="main")
-  if kind == "per-layer":
-    return profit_optax.profit(adam, 1e-3, n_ref=2, projection_groups="leaf")
-  return profit_optax.profit_warmup(
-    optax.adam(1e-2), profit_optax.profit(optax.adam(1e-2), 1e-3, n_ref=2), 3
-  )
-
-
-KINDS = ["trust", "precondition", "per-layer", "warmup"]
 
 
 def layouts(mesh, params):
@@ -57,9 +39,9 @@ def assert_sharded_like(tree, shardings):
 
 
 @pytest.mark.parametrize("layout", ["fsdp", "mixed"])
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", helpers.PROFIT_OPTIONS)
 def test_delta_keeps_the_params_sharding(mesh, kind, layout):
-  tx = make_tx(kind)
+  tx = helpers.profit_option_tx(kind)
   params = init_params(jax.random.PRNGKey(0))
   shardings = layouts(mesh, params)[layout]
   p = jax.device_put(params, shardings)
@@ -74,25 +56,17 @@ def test_delta_keeps_the_params_sharding(mesh, kind, layout):
   assert int(profit_optax.find_profit_state(state).step) >= 1
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", helpers.PROFIT_OPTIONS)
 def test_sharded_run_matches_single_device(mesh, kind):
   with jax.enable_x64(True):
-    tx = make_tx(kind)
     params = jax.tree.map(
       lambda x: x.astype(jnp.float64), init_params(jax.random.PRNGKey(0))
     )
-    data = jax.tree.map(lambda x: x.astype(jnp.float64), batches(CALLS))
-    step = helpers.make_loss_call(loss_fn, tx)
-
-    def run(p, shard=lambda b: b):
-      state = tx.init(p)
-      for batch in data:
-        p, state = step(p, state, shard(batch))
-      return p
-
-    want = run(params)
-    sharded = jax.device_put(params, layouts(mesh, params)["fsdp"])
-    got = run(
-      sharded, lambda b: jax.device_put(b, NamedSharding(mesh, P("data")))
+    helpers.assert_sharded_run_matches_single_device(
+      mesh,
+      loss_fn,
+      helpers.profit_option_tx(kind),
+      params,
+      jax.tree.map(lambda x: x.astype(jnp.float64), batches(CALLS)),
+      layouts(mesh, params)["fsdp"],
     )
-    chex.assert_trees_all_close(got, want, rtol=1e-9, atol=1e-11)

@@ -132,26 +132,21 @@ def test_explicit_host_pretrained_is_placed_like_the_params(mesh, name):
 @pytest.mark.parametrize("name", list(TRANSFORMS))
 def test_sharded_run_matches_single_device(mesh, name):
   with jax.enable_x64(True):
-    tx = TRANSFORMS[name]()
     params = init_params(jax.random.PRNGKey(0), jnp.float64)
     xs = [
       jax.random.normal(k, (64, 16), jnp.float64)
       for k in jax.random.split(jax.random.PRNGKey(2), STEPS)
     ]
-    step = make_step(tx)
-
-    def run(p, shard_x=lambda x: x):
-      state = tx.init(p)
-      for x in xs:
-        p, state = step(p, state, shard_x(x))
-      return p
-
-    want = run(params)
-    sharded = jax.device_put(params, layouts(mesh, params)["fsdp"])
-    got = run(
-      sharded, lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
+    helpers.assert_sharded_run_matches_single_device(
+      mesh,
+      loss_fn,
+      TRANSFORMS[name](),
+      params,
+      xs,
+      layouts(mesh, params)["fsdp"],
+      rtol=1e-10,
+      atol=1e-12,
     )
-    chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", list(TRANSFORMS))
