@@ -29,9 +29,7 @@ cores shared with another job, with the pretrained CNN cached; pretraining
 it adds about a minute; writes ``image_rotated.*``). ``--full`` runs both
 shifts (48 minutes measured, shared; writes ``image.*``, the committed run).
 ``--archs vit --shifts SHIFT`` runs the ViT on one shift (the committed
-rotated run: 29 minutes, shared; the committed new-labels run predates the
-new labels' 4000-step horizon and the grids of 5: 42 minutes at 1000
-steps). Needs
+runs: rotated 29 minutes, new-labels 52, on 2 CPU cores shared). Needs
 ``bash scripts/fetch_data.sh`` first; ``--quick`` is a smoke run on
 scikit-learn's digits. ``--from-json PATH`` re-renders a report.
 
