@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import profit_optax
 from tests import reference
@@ -63,15 +65,26 @@ def run_batches(loss, tx, params, data, shard_batch=lambda b: b):
   return params, state
 
 
+def assert_sharded_like(tree, shardings):
+  """Every leaf of ``tree`` is placed as the matching leaf of ``shardings``
+  (a tree of the same structure, or of one sharding per leaf)."""
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  want = jax.tree.leaves(shardings)
+  assert len(leaves) == len(want), (len(leaves), len(want))
+  for (path, leaf), sharding in zip(leaves, want):
+    assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim), (
+      jax.tree_util.keystr(path),
+      leaf.sharding,
+      sharding,
+    )
+
+
 def assert_sharded_run_matches_single_device(
   mesh, loss, tx, params, data, shardings, rtol=1e-9, atol=1e-11
 ):
   """A run of ``tx`` over ``data`` from ``params`` placed by ``shardings``
   (the batches split along ``"data"``) follows the single-device run; call
   it under ``jax.enable_x64`` for a tight comparison."""
-  from jax.sharding import NamedSharding
-  from jax.sharding import PartitionSpec as P
-
   want, _ = run_batches(loss, tx, params, data)
   got, _ = run_batches(
     loss,

@@ -44,51 +44,13 @@ def assert_bit_identical(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-@pytest.mark.parametrize("n_ref", [1, 2])
-def test_resume_at_every_point_of_a_cycle(tmp_path, n_ref):
-  tx = profit_optax.profit(optax.adam(1e-2), 1e-3, n_ref=n_ref)
+def assert_resumes_after_every_call(tx, params0, keys, path, check=None):
+  """Saves after every call of a run over ``keys`` (reference calls,
+  mid-cycle, and main calls, at a boundary), restores into an abstract target
+  built from a fresh init, and checks that the restored checkpoint and the
+  resumed run are bit-identical to the uninterrupted run. ``check(opt_state,
+  stop)`` adds checks of each restored state. Returns the final state."""
   call = make_call(tx)
-  params0 = {"w": jnp.zeros(3), "b": jnp.zeros(())}
-  keys = jax.random.split(jax.random.PRNGKey(0), CYCLES * (n_ref + 1))
-  want_params, want_state = run(call, params0, tx.init(params0), keys)
-
-  checkpointer = ocp.StandardCheckpointer()
-  # After every call: reference calls (mid-cycle) and main calls (boundary).
-  for stop in range(1, len(keys)):
-    params, state = run(call, params0, tx.init(params0), keys[:stop])
-    path = tmp_path / f"n{n_ref}_stop{stop}"
-    checkpointer.save(path, {"params": params, "opt_state": state})
-    checkpointer.wait_until_finished()
-
-    # A fresh restore into an abstract target built from a new init.
-    target = jax.eval_shape(
-      lambda: {"params": params0, "opt_state": tx.init(params0)}
-    )
-    restored = checkpointer.restore(path, target)
-    assert isinstance(restored["opt_state"], profit_optax.ProfitState)
-    assert restored["opt_state"].n_ref.value == n_ref
-    assert int(restored["opt_state"].count) == stop % (n_ref + 1)
-    assert_bit_identical(restored, {"params": params, "opt_state": state})
-
-    got_params, got_state = run(
-      call, restored["params"], restored["opt_state"], keys[stop:]
-    )
-    assert_bit_identical(got_params, want_params)
-    assert_bit_identical(got_state, want_state)
-  checkpointer.close()
-
-
-@pytest.mark.parametrize("kind", helpers.PROFIT_OPTIONS)
-def test_toolkit_options_resume_bit_identically(tmp_path, kind):
-  """The stable reference steps, per-layer PROFIT and ``profit_warmup``
-  resume from a checkpoint taken after any call (mid-cycle, at a cycle's
-  end, before and after the warmup's switch) as if never interrupted."""
-  tx = helpers.profit_option_tx(kind)
-  call = make_call(tx)
-  # Away from zero, so that the trust radius (relative to the anchor's
-  # norm) is not zero from the start.
-  params0 = {"w": jnp.array([0.5, -1.0, 0.2]), "b": jnp.array(0.1)}
-  keys = jax.random.split(jax.random.PRNGKey(1), 9)
   want_params, want_state = run(call, params0, tx.init(params0), keys)
   target = jax.eval_shape(
     lambda: {"params": params0, "opt_state": tx.init(params0)}
@@ -96,19 +58,51 @@ def test_toolkit_options_resume_bit_identically(tmp_path, kind):
   with ocp.StandardCheckpointer() as checkpointer:
     for stop in range(1, len(keys)):
       params, state = run(call, params0, tx.init(params0), keys[:stop])
-      path = tmp_path / f"stop{stop}"
-      checkpointer.save(path, {"params": params, "opt_state": state})
+      checkpointer.save(
+        path / f"stop{stop}", {"params": params, "opt_state": state}
+      )
       checkpointer.wait_until_finished()
-      restored = checkpointer.restore(path, target)
+      restored = checkpointer.restore(path / f"stop{stop}", target)
       assert type(restored["opt_state"]) is type(state)
+      if check is not None:
+        check(restored["opt_state"], stop)
       assert_bit_identical(restored, {"params": params, "opt_state": state})
       got_params, got_state = run(
         call, restored["params"], restored["opt_state"], keys[stop:]
       )
       assert_bit_identical(got_params, want_params)
       assert_bit_identical(got_state, want_state)
+  return want_state
+
+
+@pytest.mark.parametrize("n_ref", [1, 2])
+def test_resume_at_every_point_of_a_cycle(tmp_path, n_ref):
+  tx = profit_optax.profit(optax.adam(1e-2), 1e-3, n_ref=n_ref)
+  params0 = {"w": jnp.zeros(3), "b": jnp.zeros(())}
+  keys = jax.random.split(jax.random.PRNGKey(0), CYCLES * (n_ref + 1))
+
+  def check(opt_state, stop):
+    assert isinstance(opt_state, profit_optax.ProfitState)
+    assert opt_state.n_ref.value == n_ref
+    assert int(opt_state.count) == stop % (n_ref + 1)
+
+  assert_resumes_after_every_call(tx, params0, keys, tmp_path, check)
+
+
+@pytest.mark.parametrize("kind", helpers.PROFIT_OPTIONS)
+def test_toolkit_options_resume_bit_identically(tmp_path, kind):
+  """The stable reference steps, per-layer PROFIT and ``profit_warmup``
+  resume from a checkpoint taken after any call (mid-cycle, at a cycle's
+  end, before and after the warmup's switch) as if never interrupted."""
+  # Away from zero, so that the trust radius (relative to the anchor's
+  # norm) is not zero from the start.
+  params0 = {"w": jnp.array([0.5, -1.0, 0.2]), "b": jnp.array(0.1)}
+  keys = jax.random.split(jax.random.PRNGKey(1), 9)
+  state = assert_resumes_after_every_call(
+    helpers.profit_option_tx(kind), params0, keys, tmp_path
+  )
   # The run moved, and PROFIT stepped (after the switch, for the warmup).
-  assert int(profit_optax.find_profit_state(want_state).step) >= 1
+  assert int(profit_optax.find_profit_state(state).step) >= 1
 
 
 def test_a_0_1_checkpoint_fails_clearly_and_converts_as_the_changelog_says(

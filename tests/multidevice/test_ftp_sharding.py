@@ -80,31 +80,25 @@ def projected(tree):
   return {"conv": tree["conv"], "dense": tree["dense"]}
 
 
-def assert_sharded_like(tree, shards):
-  leaves, want = jax.tree.leaves(tree), jax.tree.leaves(shards)
-  assert len(leaves) == len(want)
-  for leaf, sharding in zip(leaves, want):
-    assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim), (
-      leaf.sharding,
-      sharding,
-    )
-
-
 def test_pretrained_takes_the_parameter_sharding(mesh):
   tx = make_tx()
   params = init_params(jax.random.PRNGKey(0))
   shards = shardings(mesh)
   sharded = jax.device_put(params, shards)
   for state in (jax.jit(tx.init)(sharded), tx.init(sharded)):
-    assert_sharded_like(projected(state.pretrained), projected(shards))
-    assert_sharded_like(projected(state.prev_displacement), projected(shards))
+    helpers.assert_sharded_like(projected(state.pretrained), projected(shards))
+    helpers.assert_sharded_like(
+      projected(state.prev_displacement), projected(shards)
+    )
   assert state.pretrained["head"] == {"kernel": optax.MaskedNode()}
   chex.assert_trees_all_equal(projected(state.pretrained), projected(params))
   # Still so after steps; the parameters keep their sharding too.
   got, state = run(tx, sharded, batches(2))
-  assert_sharded_like(projected(state.pretrained), projected(shards))
-  assert_sharded_like(projected(state.prev_displacement), projected(shards))
-  assert_sharded_like(got, shards)
+  helpers.assert_sharded_like(projected(state.pretrained), projected(shards))
+  helpers.assert_sharded_like(
+    projected(state.prev_displacement), projected(shards)
+  )
+  helpers.assert_sharded_like(got, shards)
   chex.assert_trees_all_equal(projected(state.pretrained), projected(params))
 
 
@@ -129,7 +123,7 @@ def test_sharded_matches_single_device(mesh):
       state.gamma, want_state.gamma, rtol=1e-10, atol=1e-14
     )
     assert float(want_state.gamma["dense"]["kernel"]) > 1e-3  # γ has moved
-    assert_sharded_like(got, shards)
+    helpers.assert_sharded_like(got, shards)
 
 
 def test_init_from_shape_dtype_struct(mesh):
@@ -137,7 +131,7 @@ def test_init_from_shape_dtype_struct(mesh):
   params = init_params(jax.random.PRNGKey(0))
   shards = shardings(mesh)
   direct, _ = helpers.init_abstract_like_concrete(tx, params, shards)
-  assert_sharded_like(projected(direct.pretrained), projected(shards))
+  helpers.assert_sharded_like(projected(direct.pretrained), projected(shards))
 
 
 def test_update_gathers_no_parameters(mesh):

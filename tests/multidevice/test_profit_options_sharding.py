@@ -28,16 +28,6 @@ def layouts(mesh, params):
   return {"fsdp": fsdp, "mixed": mixed}
 
 
-def assert_sharded_like(tree, shardings):
-  for leaf, sharding in zip(
-    jax.tree.leaves(tree), jax.tree.leaves(shardings), strict=True
-  ):
-    assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim), (
-      leaf.sharding,
-      sharding,
-    )
-
-
 @pytest.mark.parametrize("layout", ["fsdp", "mixed"])
 @pytest.mark.parametrize("kind", helpers.PROFIT_OPTIONS)
 def test_delta_keeps_the_params_sharding(mesh, kind, layout):
@@ -47,12 +37,16 @@ def test_delta_keeps_the_params_sharding(mesh, kind, layout):
   p = jax.device_put(params, shardings)
   step = helpers.make_loss_call(loss_fn, tx)
   state = jax.jit(tx.init)(p)
-  assert_sharded_like(profit_optax.find_profit_state(state).delta, shardings)
+  helpers.assert_sharded_like(
+    profit_optax.find_profit_state(state).delta, shardings
+  )
   batch_sharding = NamedSharding(mesh, P("data"))
   for batch in batches(CALLS):
     p, state = step(p, state, jax.device_put(batch, batch_sharding))
-    assert_sharded_like(profit_optax.find_profit_state(state).delta, shardings)
-    assert_sharded_like(p, shardings)
+    helpers.assert_sharded_like(
+      profit_optax.find_profit_state(state).delta, shardings
+    )
+    helpers.assert_sharded_like(p, shardings)
   assert int(profit_optax.find_profit_state(state).step) >= 1
 
 

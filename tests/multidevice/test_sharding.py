@@ -121,10 +121,7 @@ def _check_sharded_matches_single_device(mesh, layout, n_ref):
   ):
     chex.assert_trees_all_close(got, want, rtol=1e-9, atol=1e-11)
     assert int(state.step) == STEPS == int(want_state.step)
-    for leaf, sharding in zip(
-      jax.tree.leaves(got), jax.tree.leaves(param_sharding)
-    ):
-      assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim)
+    helpers.assert_sharded_like(got, param_sharding)
 
 
 def test_delta_takes_the_parameter_sharding(mesh):
@@ -133,17 +130,11 @@ def test_delta_takes_the_parameter_sharding(mesh):
   shardings = fsdp_sharding(mesh, params)
   sharded = jax.device_put(params, shardings)
   state = jax.jit(tx.init)(sharded)
-  for leaf, sharding in zip(
-    jax.tree.leaves(state.delta), jax.tree.leaves(shardings)
-  ):
-    assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim)
+  helpers.assert_sharded_like(state.delta, shardings)
   # After a reference call Δ holds the displacement, still sharded.
   moved, state = run_per_call(tx, sharded, batches(1))
   assert int(state.count) == 1
-  for leaf, sharding in zip(
-    jax.tree.leaves(state.delta), jax.tree.leaves(shardings)
-  ):
-    assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim)
+  helpers.assert_sharded_like(state.delta, shardings)
   chex.assert_trees_all_close(
     state.delta, jax.tree.map(jnp.subtract, moved, params), atol=1e-6
   )
@@ -158,10 +149,7 @@ def test_init_from_shape_dtype_struct(mesh):
   out_shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), shapes)
   out_shardings = out_shardings._replace(delta=shardings)
   state = jax.jit(tx.init, out_shardings=out_shardings)(params)
-  for leaf, sharding in zip(
-    jax.tree.leaves(state.delta), jax.tree.leaves(shardings)
-  ):
-    assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim)
+  helpers.assert_sharded_like(state.delta, shardings)
 
 
 @pytest.mark.parametrize("explicit", [False, True])

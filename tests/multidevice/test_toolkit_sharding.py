@@ -72,18 +72,6 @@ def find_pretrained(state):
   return found[0]
 
 
-def assert_same_sharding(tree, shardings):
-  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-    want = shardings
-    for key in path:
-      want = want[key.key]
-    assert leaf.sharding.is_equivalent_to(want, leaf.ndim), (
-      jax.tree_util.keystr(path),
-      leaf.sharding,
-      want,
-    )
-
-
 def make_step(tx):
   return helpers.make_loss_call(loss_fn, tx)
 
@@ -103,13 +91,13 @@ def test_pretrained_copy_keeps_the_params_sharding(mesh, name, layout):
   for init in (tx.init, jax.jit(tx.init)):
     state = init(sharded)
     pretrained = find_pretrained(state)
-    assert_same_sharding(pretrained, shardings)
+    helpers.assert_sharded_like(pretrained, shardings)
     chex.assert_trees_all_equal(pretrained, params)
     p = sharded
     for _ in range(2):
       p, state = step(p, state, x)
-    assert_same_sharding(find_pretrained(state), shardings)
-    assert_same_sharding(p, shardings)
+    helpers.assert_sharded_like(find_pretrained(state), shardings)
+    helpers.assert_sharded_like(p, shardings)
 
 
 @pytest.mark.parametrize("name", ["l2sp", "spd"])
@@ -123,7 +111,7 @@ def test_explicit_host_pretrained_is_placed_like_the_params(mesh, name):
   else:
     tx = profit_optax.spd(optax.adam(1e-2), 0.5, pretrained=host)
   pretrained = find_pretrained(tx.init(sharded))
-  assert_same_sharding(pretrained, shardings)
+  helpers.assert_sharded_like(pretrained, shardings)
   for leaf, want in zip(jax.tree.leaves(pretrained), jax.tree.leaves(host)):
     assert leaf.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(leaf), want.astype(np.float32))
@@ -162,7 +150,7 @@ def test_init_from_shape_dtype_struct(mesh, name):
   concrete = tx.init(params)
   for state in (tx.init(abstract), jax.eval_shape(tx.init, abstract)):
     chex.assert_trees_all_equal_shapes_and_dtypes(state, concrete)
-  assert_same_sharding(find_pretrained(tx.init(abstract)), shardings)
+  helpers.assert_sharded_like(find_pretrained(tx.init(abstract)), shardings)
 
 
 @pytest.mark.parametrize("explicit", [False, True])
