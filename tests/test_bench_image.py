@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from benchmarks.image import __main__ as image_cli
-from benchmarks.image import run, task
+from benchmarks.image import report, run, task
 
 
 @pytest.fixture(scope="module")
@@ -54,19 +54,19 @@ def test_every_stage_is_recorded(image_quick):
 
 def test_tuning_uses_validation_only(image_quick):
   _, records = image_quick
-  # The chosen rate of each method is the best validation score of its grid.
+  # The chosen rate of each method is the best new-task validation accuracy
+  # of its grid (the default score).
+  assert run.Config().score == "new"
   for shift in ("new-labels", "rotated"):
     tune = [
       r for r in records if r.get("shift") == shift and r.get("stage") == "tune"
     ]
     for method in {r["method"] for r in tune}:
-      score = {}
-      for r in tune:
-        if r["method"] == method and r["metric"] in (
-          "acc_old_val",
-          "acc_new_val",
-        ):
-          score[r["lr"]] = score.get(r["lr"], 0.0) + r["value"] / 2
+      score = {
+        r["lr"]: r["value"]
+        for r in tune
+        if r["method"] == method and r["metric"] == "acc_new_val"
+      }
       (lr,) = {
         r["lr"]
         for r in records
@@ -75,6 +75,21 @@ def test_tuning_uses_validation_only(image_quick):
         and r["method"] == method
       }
       assert score[lr] == max(score.values())
+
+
+@pytest.mark.parametrize(("score", "expected"), [("new", 3e-4), ("mean", 1e-5)])
+def test_config_choose_by_score(score, expected):
+  # One forgets less, the other learns more: the scores disagree.
+  results = {
+    1e-5: {"acc_old_val": 0.95, "acc_new_val": 0.80},
+    3e-4: {"acc_old_val": 0.60, "acc_new_val": 0.90},
+  }
+  assert run.Config(score=score).choose(results) == expected
+
+
+def test_config_rejects_unknown_score():
+  with pytest.raises(ValueError, match="score must be one of"):
+    run.Config(score="old")
 
 
 def test_report_and_figures(image_quick):
@@ -89,6 +104,16 @@ def test_report_and_figures(image_quick):
     assert section in md
   for png in ("pretrain", "curves", "fronts"):
     assert (out / f"image_quick_{png}.png").stat().st_size > 10_000
+  # The default score is the new-task accuracy: no (score) cells.
+  assert "score: new-task validation accuracy" in md
+  assert "| plateau |" in md and "(score)" not in md
+
+
+def test_report_reads_the_score_of_its_run():
+  assert report.score_of({"config": "Config(steps=8, score='new')"}) == "new"
+  assert report.score_of({"config": "Config(score='mean')"}) == "mean"
+  # Runs from before the choice existed were scored by the mean.
+  assert report.score_of({"config": "Config(steps=4000)"}) == "mean"
 
 
 @pytest.mark.parametrize("kind", run.METHODS[:5])
@@ -140,14 +165,13 @@ def test_toolkit_fronts_and_choice(toolkit_quick):
     assert {r["lr"] for r in at} == {lr}
     assert all(r["shift"] == "new-labels" and r["arch"] == "cnn" for r in at)
     # The knob is the best validation score on seed 0 (the rivals' rule).
-    score = {}
-    for r in records:
-      if (
-        r.get("stage") == "toolkit-tune"
-        and r["method"] == front
-        and r["metric"] in ("acc_old_val", "acc_new_val")
-      ):
-        score[r["knob"]] = score.get(r["knob"], 0.0) + r["value"] / 2
+    score = {
+      r["knob"]: r["value"]
+      for r in records
+      if r.get("stage") == "toolkit-tune"
+      and r["method"] == front
+      and r["metric"] == "acc_new_val"
+    }
     (chosen,) = {
       r["knob"]
       for r in records
@@ -256,15 +280,17 @@ def test_config_rejects_missing_methods():
     run.Config(methods=("profit",))
 
 
-def test_each_shift_has_its_horizon():
+def test_each_setting_has_its_horizon():
   cfg = run.Config()
-  labels, rotated = cfg.at("new-labels"), cfg.at("rotated")
-  assert (labels.steps, rotated.steps) == (4000, 1000)
+  labels, rotated = cfg.at("cnn", "new-labels"), cfg.at("cnn", "rotated")
+  assert (labels.steps, rotated.steps) == (8000, 1000)
+  assert cfg.at("vit", "new-labels").steps == 12000
+  assert cfg.at("vit", "rotated").steps == 1000
   # PROFIT (warmup)'s AdamW phase is 10% of each setting's own horizon.
-  assert (labels.warmup_steps, rotated.warmup_steps) == (400, 100)
-  assert run.Run("profit", 1e-4, 0, 10.0, 1).calls(labels) == 8000
+  assert (labels.warmup_steps, rotated.warmup_steps) == (800, 100)
+  assert run.Run("profit", 1e-4, 0, 10.0, 1).calls(labels) == 16000
   # --quick: one short horizon everywhere.
-  assert cfg.quick().at("new-labels").steps == cfg.quick().steps
+  assert cfg.quick().at("cnn", "new-labels").steps == cfg.quick().steps
 
 
 def test_pretraining_shift_augmentation_moves_images():
