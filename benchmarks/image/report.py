@@ -116,17 +116,18 @@ def _cell(knob, old, new, score) -> str:
 
 
 def main_report(records, meta, out, name) -> str:
+  score = score_of(meta)
   lines = [
     "# Image classification (Sec. 4.2 protocol): tuned rivals, seeds and fronts",
     "",
     *rep.header(meta),
-    *_accuracies(score_of(meta)),
+    *_accuracies(score),
     "",
   ]
   lines += _pretraining(records, out, name)
-  lines += _horizon(records, out, name, score_of(meta))
+  lines += _horizon(records, out, name, score)
   for arch, shift in _settings(records):
-    lines += _setting(records, arch, shift, score_of(meta))
+    lines += _setting(records, arch, shift, score)
   _fronts_figure(records, out / f"{name}_fronts.png")
   lines += [f"![fronts]({name}_fronts.png)", ""]
   return "\n".join(lines)
@@ -621,13 +622,13 @@ def toolkit_report(records, meta, out, name) -> str:
   validation choice, every method at its chosen values paired against full
   AdamW, and where each new front lies against the full-AdamW + WiSE-FT
   front."""
-  settings = _settings(records)
+  settings, score = _settings(records), score_of(meta)
   lines = [
     "# Image classification (Sec. 4.2 protocol): the fine-tuning-without-"
     "forgetting toolkit",
     "",
     *rep.header(meta),
-    *_accuracies(score_of(meta)),
+    *_accuracies(score),
     "",
     "The rivals are tuned as in `image.md` (each its rate from its grid,",
     "PROFIT also its ratio). Each toolkit method wraps AdamW at the rate",
@@ -657,7 +658,7 @@ def toolkit_report(records, meta, out, name) -> str:
     "",
   ]
   for arch, shift in settings:
-    lines += _toolkit_setting(records, arch, shift, score_of(meta))
+    lines += _toolkit_setting(records, arch, shift, score)
   groups = (
     (
       "PROFIT's options",
