@@ -52,6 +52,22 @@ def test_every_stage_is_recorded(image_quick):
   assert all(0.0 <= r["value"] <= 1.0 for r in records)
 
 
+def test_progress_total_counts_every_result(image_quick):
+  # One fine-tuning result per record group of the tuning, chosen and front
+  # stages (WiSE-FT mixes weights; it fine-tunes nothing).
+  _, records = image_quick
+  cfg = run.Config().quick()
+  for shift in ("new-labels", "rotated"):
+    results = [
+      r
+      for r in records
+      if r.get("shift") == shift
+      and r["metric"] == "acc_new_val"
+      and (r.get("stage") or r.get("front") not in (None, "wise-ft"))
+    ]
+    assert len(results) == run.count_runs(cfg.at("cnn", shift))
+
+
 def test_tuning_uses_validation_only(image_quick):
   _, records = image_quick
   # The chosen rate of each method is the best new-task validation accuracy

@@ -31,9 +31,9 @@ cores shared with another job, with the pretrained CNN cached; pretraining
 it adds about a minute; writes ``image_rotated.*``). ``--full`` runs both
 shifts (54 minutes measured on 2 CPU cores; writes ``image.*``, the
 committed run). ``--archs vit --shifts SHIFT`` runs the ViT on one shift
-(the committed rotated run: 12 minutes on 2 CPU cores; the new labels,
-at 12000 steps, are estimated at 2.5-3 hours: 12 times the rotated run, 3
-times the 52 minutes of the earlier 4000-step run). Needs ``bash scripts/fetch_data.sh`` first;
+(the committed runs, alone on 2 CPU cores: rotated 12 minutes; new
+labels, at 12000 steps, 121 minutes, longer than ``--full``). Needs
+``bash scripts/fetch_data.sh`` first;
 ``--quick`` is a smoke run on scikit-learn's digits. ``--from-json PATH``
 re-renders a report.
 
