@@ -197,9 +197,13 @@ class ProfitState(NamedTuple):
 
 
 def _zero_diagnostics(dtype: Any) -> ProfitDiagnostics:
-  zero = jnp.zeros((), dtype)
+  # One array per field: a state whose leaves shared a buffer could not be
+  # donated to a jitted step (XLA refuses to donate a buffer twice).
   return ProfitDiagnostics(
-    omega=zero, cos=zero, projected=jnp.zeros((), jnp.bool_), delta_norm=zero
+    omega=jnp.zeros((), dtype),
+    cos=jnp.zeros((), dtype),
+    projected=jnp.zeros((), jnp.bool_),
+    delta_norm=jnp.zeros((), dtype),
   )
 
 
