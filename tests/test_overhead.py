@@ -22,11 +22,16 @@ def test_overhead_quick(tmp_path):
     "profit_step",
     "profit_step_k",
     "naive_blend",
+    "floor_per_step",
+    "profit_step_cond_guard",
   ):
     assert math.isfinite(row["times"][drive]["ratio"])
+  assert math.isfinite(row["times"]["profit_step"]["ratio_per_step_floor"])
+  assert "| floor, one call per step |" in report
   assert res["compiles"]["mlp"] == {"per_call": 1, "profit_step": 1}
-  assert "guarded_adam" in data["optimizer_only"]
-  assert "| guarded_adam |" in report
+  for call in ("guarded_adam", "adam_in_cond", "profit_main_call_cond_guard"):
+    assert call in data["optimizer_only"]
+    assert f"| {call} |" in report
   for call in data["optimizer_only"].values():
     if isinstance(call, dict):
       assert call["passes"] > 0 and math.isfinite(call["ratio"])
@@ -34,8 +39,10 @@ def test_overhead_quick(tmp_path):
       assert pages is None or (math.isfinite(pages) and pages >= 0)
   mem = res["memory"]["mlp"]
   if mem["base_peak_bytes"] is not None:
-    # Δ is the only parameter-sized extra.
+    # Δ is the only parameter-sized extra, where no select of the moments
+    # guards the main call.
     assert mem["extra_over_param_bytes"] <= 1.1
+    assert mem["extra_main_cond_guard_over_param_bytes"] <= 1.1
 
 
 @pytest.mark.parametrize("sub", ["", "sub"])
@@ -54,3 +61,12 @@ def test_transformer_peak_memory_is_one_anchor():
   if mem["base_peak_bytes"] is None:
     pytest.skip("this backend reports no memory analysis")
   assert mem["extra_over_param_bytes"] <= 1.1
+
+
+def test_committed_report_rerenders_from_its_json(tmp_path):
+  # The committed report is what its JSON says, under the current renderer.
+  overhead.main(
+    ["--from-json", str(rep.RESULTS / "overhead.json"), "--out", str(tmp_path)]
+  )
+  committed = (rep.RESULTS / "overhead.md").read_text()
+  assert (tmp_path / "overhead.md").read_text() == committed

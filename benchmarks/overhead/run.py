@@ -3,6 +3,7 @@ peak memory, compilations and the PyTorch peer."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import statistics
@@ -105,9 +106,63 @@ def whole_step_loop(model: Model, tx, n: int):
   return loop
 
 
+def floor_per_step_runner(model: Model, tx, params, batches, n):
+  """(first call seconds, runner): the floor's ``n`` Adam steps of each
+  PROFIT step as one jitted call (params and state donated) from Python,
+  once per PROFIT step, as ``profit_step`` is called: the floor plus one
+  dispatch per step."""
+  steps = jax.tree.leaves(batches)[0].shape[0] // n
+  chunks = block(
+    [
+      jax.tree.map(lambda x, k=k: x[k * n : (k + 1) * n], batches)
+      for k in range(steps)
+    ]
+  )
+  call = jax.jit(per_call_loop(model, tx), donate_argnums=(0, 1))
+
+  def run():
+    p = jax.tree.map(jnp.copy, params)
+    s = tx.init(p)
+    for chunk in chunks:
+      p, s = call(p, s, chunk)
+    return block(p)
+
+  start = time.perf_counter()
+  run()
+  return time.perf_counter() - start, run
+
+
+def cond_guarded(n_ref: int = 1):
+  """A diagnostic, not an option: the benchmark's PROFIT (Adam, ``LR_REF``)
+  whose static main call guards against non-finite gradients with a
+  ``lax.cond`` (the main step, or the return to the anchor) instead of the
+  select of the old and new moments that PROFIT uses; the other calls are
+  PROFIT's own."""
+  tx = profit_optax.profit(optax.adam(LR), LR_REF, n_ref=n_ref)
+  cfg = _profit._Config(
+    optax.with_extra_args_support(optax.adam(LR)), None, LR_REF, n_ref, None
+  )
+
+  def skip(grads, sq_norms, state, params):
+    back = jax.tree.map(jnp.negative, state.delta)
+    return back, _profit._end_cycle(cfg, state, params)
+
+  def update(grads, state, params, profit_phase=None):
+    if profit_phase != "main":
+      return tx.update(grads, state, params, profit_phase=profit_phase)
+    sq_norms = _profit._sq_norms(grads)
+    ok = jnp.logical_and(state.finite, _profit._finite(sq_norms))
+    step = functools.partial(_profit._main_call, cfg, {}, None)
+    return jax.lax.cond(ok, step, skip, grads, sq_norms, state, params)
+
+  return optax.GradientTransformationExtraArgs(tx.init, update)
+
+
 def profit_step_runner(model: Model, tx, params, batches, n, per_call=True):
   """(first call seconds, runner): ``profit_step`` called from Python once
-  per PROFIT step (``per_call``), or once for all of them (``num_steps``)."""
+  per PROFIT step (``per_call``), or once for all of them (``num_steps``),
+  with ``donate=True`` (params and state donated, as a training loop that
+  cares about memory calls it)."""
   steps = jax.tree.leaves(batches)[0].shape[0] // n
   if per_call:
     chunks = [
@@ -123,9 +178,12 @@ def profit_step_runner(model: Model, tx, params, batches, n, per_call=True):
   chunks = block(chunks)
 
   def run():
-    p, s = params, tx.init(params)
+    p = jax.tree.map(jnp.copy, params)
+    s = tx.init(p)
     for chunk in chunks:
-      out = profit_optax.profit_step(model.loss, tx, p, s, chunk, **kwargs)
+      out = profit_optax.profit_step(
+        model.loss, tx, p, s, chunk, donate=True, **kwargs
+      )
       p, s = out.params, out.opt_state
     return block(p)
 
@@ -166,11 +224,23 @@ def step_times(model: Model, n_ref: int, calls: int, rounds: int) -> dict:
     model, profit, params, batches, n, per_call=False
   )
   out["profit_step_k"] = {"first_call_s": first, "num_steps": steps}
+  first, runners["floor_per_step"] = floor_per_step_runner(
+    model, base, params, batches, n
+  )
+  out["floor_per_step"] = {"first_call_s": first}
+  first, runners["profit_step_cond_guard"] = profit_step_runner(
+    model, cond_guarded(n_ref), params, batches, n
+  )
+  out["profit_step_cond_guard"] = {"first_call_s": first}
   times = interleaved(runners, rounds)
   for name, t in times.items():
     out[name]["step_s"] = statistics.median(t) / steps
     out[name]["ratio"] = median_ratio(t, times["floor"])
     out[name]["rounds_s"] = t
+  # profit_step against the floor dispatched as often (once per step).
+  out["profit_step"]["ratio_per_step_floor"] = median_ratio(
+    times["profit_step"], times["floor_per_step"]
+  )
   return out
 
 
@@ -212,6 +282,15 @@ def optimizer_only(
     # the non-finite guard (a NaN gradient would corrupt the moments). It
     # measures what the guard costs.
     "profit_main_call_unguarded": (_Unguarded(profit), None, {}),
+    # A diagnostic: the static main call guarded by a lax.cond instead.
+    "profit_main_call_cond_guard": (
+      cond_guarded(),
+      None,
+      {"profit_phase": "main"},
+    ),
+    # What a conditional costs on this backend: Adam alone, inside a
+    # lax.cond on a predicate read from the state (both branches Adam).
+    "adam_in_cond": (_InCond(base), None, {}),
   }
   out, runners = {}, {}
   for name, (tx, count, kwargs) in variants.items():
@@ -246,6 +325,20 @@ class _Unguarded:
   def update(self, grads, state, params):
     return _profit._main_call(
       self._cfg, {}, None, grads, _profit._sq_norms(grads), state, params
+    )
+
+
+class _InCond:
+  """``tx`` inside a ``lax.cond`` whose two branches are ``tx.update``."""
+
+  def __init__(self, tx):
+    self._tx = tx
+    self.init = tx.init
+
+  def update(self, grads, state, params):
+    pred = optax.tree.get(state, "count") >= 0
+    return jax.lax.cond(
+      pred, self._tx.update, self._tx.update, grads, state, params
     )
 
 
@@ -333,6 +426,7 @@ def memory(model: Model) -> dict:
     ("base", optax.adam(LR), {}),
     ("profit", profit, {}),
     ("profit_main", profit, {"profit_phase": "main"}),
+    ("profit_main_cond_guard", cond_guarded(), {"profit_phase": "main"}),
   ):
 
     def call(params, state, batch, tx=tx, kwargs=kwargs):
@@ -346,9 +440,12 @@ def memory(model: Model) -> dict:
     )
     out[f"{name}_peak_bytes"] = _peak_bytes(compiled)
   if out["base_peak_bytes"] is not None:
-    for name in ("profit", "profit_main"):
+    for name, key in (
+      ("profit", "extra"),
+      ("profit_main", "extra_main"),
+      ("profit_main_cond_guard", "extra_main_cond_guard"),
+    ):
       extra = out[f"{name}_peak_bytes"] - out["base_peak_bytes"]
-      key = "extra" if name == "profit" else "extra_main"
       out[f"{key}_over_param_bytes"] = extra / out["param_bytes"]
   return out
 
