@@ -24,6 +24,7 @@ def test_overhead_quick(tmp_path):
     "naive_blend",
     "floor_per_step",
     "profit_step_cond_guard",
+    "profit_step_donated",
   ):
     assert math.isfinite(row["times"][drive]["ratio"])
   assert math.isfinite(row["times"]["profit_step"]["ratio_per_step_floor"])

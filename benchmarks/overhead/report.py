@@ -58,7 +58,7 @@ def to_markdown(res: dict, command: str) -> str:
   base_passes = o["base_update"]["passes"]
   lines += [
     "",
-    "`profit_step` is called once per PROFIT step with `donate=True`;"
+    "`profit_step` is called once per PROFIT step with its defaults;"
     " `profit_step k` is `profit_step(..., num_steps=k)`: all the loop's"
     " PROFIT steps in one call (target ≤ 1.03 on the MLP:"
     f" {'met' if all(r['times']['profit_step_k']['ratio'] <= 1.03 for r in res['steps'] if r['model'] == 'mlp') else 'NOT met'}).",
@@ -222,13 +222,14 @@ def _diagnostic_steps(res: dict) -> list[str]:
     " step* is the floor's `n_ref + 1` Adam steps of each PROFIT step as one"
     " jitted call from Python, once per step, as `profit_step` is called"
     " (the floor plus one dispatch per step); *profit_step ÷ it* compares"
-    " `profit_step` with that floor; *profit_step, cond guard* (a diagnostic)"
-    " is `profit_step` whose main call guards against non-finite gradients"
-    " with a `lax.cond` instead of the select.",
+    " `profit_step` with that floor; *profit_step, donated* is"
+    " `profit_step(..., donate=True)`; *profit_step, cond guard* (a"
+    " diagnostic) is `profit_step` whose main call guards against non-finite"
+    " gradients with a `lax.cond` instead of the select.",
     "",
     "| model | n_ref | floor, one call per step | profit_step ÷ it"
-    " | profit_step, cond guard |",
-    "| --- | ---: | ---: | ---: | ---: |",
+    " | profit_step, donated | profit_step, cond guard |",
+    "| --- | ---: | ---: | ---: | ---: | ---: |",
   ]
   for row in rows:
     t = row["times"]
@@ -236,6 +237,7 @@ def _diagnostic_steps(res: dict) -> list[str]:
       f"| {row['model']} | {row['n_ref']} |"
       f" {t['floor_per_step']['ratio']:.3f} |"
       f" {t['profit_step']['ratio_per_step_floor']:.3f} |"
+      f" {_ratio(t, 'profit_step_donated')} |"
       f" {t['profit_step_cond_guard']['ratio']:.3f} |"
     )
   return lines
@@ -251,6 +253,11 @@ def _quartiles(times: dict, name: str) -> str:
     return f"{ratios[0]:.3f}, one round"
   q1, q3 = statistics.quantiles(ratios, n=4, method="inclusive")[::2]
   return f"{q1:.3f}–{q3:.3f}"
+
+
+def _ratio(times: dict, name: str) -> str:
+  """A drive's ratio, ``n/a`` in runs made before it was measured."""
+  return f"{times[name]['ratio']:.3f}" if name in times else "n/a"
 
 
 def _num(value) -> str:

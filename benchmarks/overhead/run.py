@@ -108,9 +108,9 @@ def whole_step_loop(model: Model, tx, n: int):
 
 def floor_per_step_runner(model: Model, tx, params, batches, n):
   """(first call seconds, runner): the floor's ``n`` Adam steps of each
-  PROFIT step as one jitted call (params and state donated) from Python,
-  once per PROFIT step, as ``profit_step`` is called: the floor plus one
-  dispatch per step."""
+  PROFIT step as one jitted call from Python, once per PROFIT step, as
+  ``profit_step`` is called by default (nothing donated): the floor plus
+  one dispatch per step."""
   steps = jax.tree.leaves(batches)[0].shape[0] // n
   chunks = block(
     [
@@ -118,11 +118,10 @@ def floor_per_step_runner(model: Model, tx, params, batches, n):
       for k in range(steps)
     ]
   )
-  call = jax.jit(per_call_loop(model, tx), donate_argnums=(0, 1))
+  call = jax.jit(per_call_loop(model, tx))
 
   def run():
-    p = jax.tree.map(jnp.copy, params)
-    s = tx.init(p)
+    p, s = params, tx.init(params)
     for chunk in chunks:
       p, s = call(p, s, chunk)
     return block(p)
@@ -158,11 +157,12 @@ def cond_guarded(n_ref: int = 1):
   return optax.GradientTransformationExtraArgs(tx.init, update)
 
 
-def profit_step_runner(model: Model, tx, params, batches, n, per_call=True):
+def profit_step_runner(
+  model: Model, tx, params, batches, n, per_call=True, donate=False
+):
   """(first call seconds, runner): ``profit_step`` called from Python once
   per PROFIT step (``per_call``), or once for all of them (``num_steps``),
-  with ``donate=True`` (params and state donated, as a training loop that
-  cares about memory calls it)."""
+  with its default ``donate=False`` or with ``donate=True``."""
   steps = jax.tree.leaves(batches)[0].shape[0] // n
   if per_call:
     chunks = [
@@ -178,11 +178,11 @@ def profit_step_runner(model: Model, tx, params, batches, n, per_call=True):
   chunks = block(chunks)
 
   def run():
-    p = jax.tree.map(jnp.copy, params)
+    p = jax.tree.map(jnp.copy, params) if donate else params
     s = tx.init(p)
     for chunk in chunks:
       out = profit_optax.profit_step(
-        model.loss, tx, p, s, chunk, donate=True, **kwargs
+        model.loss, tx, p, s, chunk, donate=donate, **kwargs
       )
       p, s = out.params, out.opt_state
     return block(p)
@@ -232,6 +232,10 @@ def step_times(model: Model, n_ref: int, calls: int, rounds: int) -> dict:
     model, cond_guarded(n_ref), params, batches, n
   )
   out["profit_step_cond_guard"] = {"first_call_s": first}
+  first, runners["profit_step_donated"] = profit_step_runner(
+    model, profit, params, batches, n, donate=True
+  )
+  out["profit_step_donated"] = {"first_call_s": first}
   times = interleaved(runners, rounds)
   for name, t in times.items():
     out[name]["step_s"] = statistics.median(t) / steps
