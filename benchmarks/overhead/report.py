@@ -84,8 +84,8 @@ def to_markdown(res: dict, command: str) -> str:
     " Adam. `profit_main_call_cond_guard` (a diagnostic) guards the static"
     " main call with a `lax.cond` instead of the select; `adam_in_cond` is"
     " Adam alone inside a `lax.cond` whose two branches are Adam (a"
-    " predicate read from the state): what a conditional costs this backend"
-    " on the same work. Fresh pages: memory newly mapped per call (minor page faults"
+    " predicate read from the state): what a conditional costs on this backend"
+    " for the same work. Fresh pages: memory newly mapped per call (minor page faults"
     " times the page size), in parameter bytes: buffers XLA allocates per"
     " call, faulted in page by page, a cost in the time but not in the"
     " passes.",
