@@ -237,7 +237,7 @@ def _diagnostic_steps(res: dict) -> list[str]:
       f"| {row['model']} | {row['n_ref']} |"
       f" {t['floor_per_step']['ratio']:.3f} |"
       f" {t['profit_step']['ratio_per_step_floor']:.3f} |"
-      f" {_ratio(t, 'profit_step_donated')} |"
+      f" {t['profit_step_donated']['ratio']:.3f} |"
       f" {t['profit_step_cond_guard']['ratio']:.3f} |"
     )
   return lines
@@ -253,11 +253,6 @@ def _quartiles(times: dict, name: str) -> str:
     return f"{ratios[0]:.3f}, one round"
   q1, q3 = statistics.quantiles(ratios, n=4, method="inclusive")[::2]
   return f"{q1:.3f}–{q3:.3f}"
-
-
-def _ratio(times: dict, name: str) -> str:
-  """A drive's ratio, ``n/a`` in runs made before it was measured."""
-  return f"{times[name]['ratio']:.3f}" if name in times else "n/a"
 
 
 def _num(value) -> str:

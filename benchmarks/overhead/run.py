@@ -106,18 +106,30 @@ def whole_step_loop(model: Model, tx, n: int):
   return loop
 
 
-def floor_per_step_runner(model: Model, tx, params, batches, n):
-  """(first call seconds, runner): the floor's ``n`` Adam steps of each
-  PROFIT step as one jitted call from Python, once per PROFIT step, as
-  ``profit_step`` is called by default (nothing donated): the floor plus
-  one dispatch per step."""
+def _step_chunks(batches, n: int) -> list:
+  """The batches of each PROFIT step (``n`` each), ready on the device."""
   steps = jax.tree.leaves(batches)[0].shape[0] // n
-  chunks = block(
+  return block(
     [
       jax.tree.map(lambda x, k=k: x[k * n : (k + 1) * n], batches)
       for k in range(steps)
     ]
   )
+
+
+def _first_run(run: Callable) -> tuple[float, Callable]:
+  """(seconds of ``run``'s first call, compilation included; ``run``)."""
+  start = time.perf_counter()
+  run()
+  return time.perf_counter() - start, run
+
+
+def floor_per_step_runner(model: Model, tx, params, batches, n):
+  """(first call seconds, runner): the floor's ``n`` Adam steps of each
+  PROFIT step as one jitted call from Python, once per PROFIT step, as
+  ``profit_step`` is called by default (nothing donated): the floor plus
+  one dispatch per step."""
+  chunks = _step_chunks(batches, n)
   call = jax.jit(per_call_loop(model, tx))
 
   def run():
@@ -126,9 +138,15 @@ def floor_per_step_runner(model: Model, tx, params, batches, n):
       p, s = call(p, s, chunk)
     return block(p)
 
-  start = time.perf_counter()
-  run()
-  return time.perf_counter() - start, run
+  return _first_run(run)
+
+
+def _adam_config(n_ref: int = 1):
+  """The private configuration of the benchmark's PROFIT (Adam, ``LR_REF``),
+  for the diagnostics built from PROFIT's pieces."""
+  return _profit._Config(
+    optax.with_extra_args_support(optax.adam(LR)), None, LR_REF, n_ref, None
+  )
 
 
 def cond_guarded(n_ref: int = 1):
@@ -138,9 +156,7 @@ def cond_guarded(n_ref: int = 1):
   select of the old and new moments that PROFIT uses; the other calls are
   PROFIT's own."""
   tx = profit_optax.profit(optax.adam(LR), LR_REF, n_ref=n_ref)
-  cfg = _profit._Config(
-    optax.with_extra_args_support(optax.adam(LR)), None, LR_REF, n_ref, None
-  )
+  cfg = _adam_config(n_ref)
 
   def skip(grads, sq_norms, state, params):
     back = jax.tree.map(jnp.negative, state.delta)
@@ -165,17 +181,12 @@ def profit_step_runner(
   with its default ``donate=False`` or with ``donate=True``."""
   steps = jax.tree.leaves(batches)[0].shape[0] // n
   if per_call:
-    chunks = [
-      jax.tree.map(lambda x, k=k: x[k * n : (k + 1) * n], batches)
-      for k in range(steps)
-    ]
-    kwargs = {}
+    chunks, kwargs = _step_chunks(batches, n), {}
   else:
-    chunks = [
-      jax.tree.map(lambda x: x.reshape(steps, n, *x.shape[1:]), batches)
-    ]
+    chunks = block(
+      [jax.tree.map(lambda x: x.reshape(steps, n, *x.shape[1:]), batches)]
+    )
     kwargs = {"num_steps": steps}
-  chunks = block(chunks)
 
   def run():
     p = jax.tree.map(jnp.copy, params) if donate else params
@@ -187,9 +198,7 @@ def profit_step_runner(
       p, s = out.params, out.opt_state
     return block(p)
 
-  start = time.perf_counter()
-  run()
-  return time.perf_counter() - start, run
+  return _first_run(run)
 
 
 # -- the benchmarks -----------------------------------------------------------
@@ -321,9 +330,7 @@ class _Unguarded:
   """PROFIT's main call without its non-finite guard (the private pieces)."""
 
   def __init__(self, tx):
-    self._cfg = _profit._Config(
-      optax.with_extra_args_support(optax.adam(LR)), None, LR_REF, 1, None
-    )
+    self._cfg = _adam_config()
     self.init = tx.init
 
   def update(self, grads, state, params):
