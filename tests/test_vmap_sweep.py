@@ -45,18 +45,6 @@ def count(jaxpr, name):
   return total
 
 
-def scan_bodies(jaxpr):
-  """Every scan body in a jaxpr, at any depth."""
-  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
-  found = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "scan":
-      found.append(eqn.params["jaxpr"])
-    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-      found.extend(scan_bodies(sub))
-  return found
-
-
 def sweep_inputs(n_ref=1):
   params = {"w": jnp.zeros(4)}
   lrs = jnp.array([1e-2, 1e-3, 1e-4])
@@ -95,12 +83,11 @@ def test_profit_step_sweep_keeps_the_main_optimizer_off_reference_calls():
     return out.params, out.opt_state, out.metrics
 
   jaxpr = jax.make_jaxpr(jax.vmap(step))(lrs, states)
-  # One main sub-step per PROFIT step, outside the scan of the reference
-  # sub-steps, and no conditional on the phase anywhere.
+  # The n_ref + 1 sub-steps are written out (no loop): the main optimizer's
+  # marker appears once, for the main sub-step alone, and there is no
+  # conditional on the phase anywhere.
+  assert count(jaxpr, "scan") == count(jaxpr, "while") == 0
   assert count(jaxpr, "cosh") == 1
-  bodies = scan_bodies(jaxpr)
-  reference_bodies = [b for b in bodies if count(b, "cosh") == 0]
-  assert reference_bodies, "no scan over the reference sub-steps"
   assert count(jaxpr, "cond") == 0
   # And the sweep runs: one trajectory per rate.
   new_params, new_states, metrics = jax.vmap(step)(lrs, states)
@@ -112,16 +99,21 @@ def test_profit_step_sweep_keeps_the_main_optimizer_off_reference_calls():
   assert norms[0] > norms[1] > norms[2] > 0
 
 
-def test_profit_step_and_opaque_mode_have_no_conditional():
+def test_profit_step_and_opaque_mode_have_no_conditional_and_no_loop():
   # Without vmap too: the phase schedule is static, so neither the whole-step
   # helper nor the opaque drive holds a lax.cond, whose data-dependent
-  # predicate an accelerator would send to the host on every call.
+  # predicate an accelerator would send to the host on every call. Nor a
+  # loop: the model's gradients compile as in a hand-written step (on
+  # XLA:CPU, a convolution's gradient inside a loop body, even one of a
+  # single iteration, ran about 10x slower on the benchmark's CNN).
   params = {"w": jnp.zeros(4)}
   batches = jnp.ones((2, 8, 4))
   tx = profit_optax.profit(optax.adam(1e-2), 1e-3)
   state = tx.init(params)
   step = lambda p, s: profit_optax.profit_step(loss_fn, tx, p, s, batches)
-  assert count(jax.make_jaxpr(step)(params, state), "cond") == 0
+  jaxpr = jax.make_jaxpr(step)(params, state)
+  assert count(jaxpr, "cond") == count(jaxpr, "scan") == 0
+  assert count(jaxpr, "while") == 0
 
   opaque = profit_optax.profit(optax.adam(1e-2), 1e-3, opaque_mode=True)
   grad = jax.grad(loss_fn)
@@ -132,7 +124,8 @@ def test_profit_step_and_opaque_mode_have_no_conditional():
     )
 
   jaxpr = jax.make_jaxpr(whole)(params, opaque.init(params))
-  assert count(jaxpr, "cond") == 0
+  assert count(jaxpr, "cond") == count(jaxpr, "scan") == 0
+  assert count(jaxpr, "while") == 0
   # The per-call drive reading the phase from the state has exactly one.
   per_call = jax.make_jaxpr(lambda p, s: tx.update(grad(p, batches[0]), s, p))
   assert count(per_call(params, state), "cond") == 1

@@ -1017,13 +1017,16 @@ def _whole_step(
 ) -> tuple[optax.Updates, ProfitState]:
   """A whole PROFIT step in one call (``opaque_mode=True``).
 
-  ``params`` is the anchor: ``n_ref`` reference steps in a ``lax.scan``,
-  ``grad_fn`` giving each new gradient at the displaced point, then the main
+  ``params`` is the anchor: ``n_ref`` reference steps written out one
+  after the other (no loop in the program: ``grad_fn``'s model compiles as
+  in a hand-written step; on XLA:CPU a convolution's gradient inside a loop
+  body, even one of a single iteration, runs a slower kernel), ``grad_fn``
+  giving each new gradient at the displaced point, then the main
   step, whose update is returned as it is (relative to ``params``). ``Δ``
   is the sum of the reference updates, as in the per-call drive.
   """
 
-  def body(carry, i):
+  def reference(carry, i):
     theta, delta, ref_state, g, finite = carry
     finite = jnp.logical_and(finite, _finite(_sq_norms(g)))
     u, ref_state = _reference_step(
@@ -1033,13 +1036,8 @@ def _whole_step(
     delta = jax.tree.map(lambda d, ui: d + ui.astype(d.dtype), delta, u)
     g = grad_fn(theta, i)
     _check_same_tree("grad_fn(params, i)", g, params)
-    return (
-      theta,
-      delta,
-      ref_state,
-      optax.tree.cast_like(g, params),
-      finite,
-    ), None
+    g = optax.tree.cast_like(g, params)
+    return theta, delta, ref_state, g, finite
 
   delta0 = jax.tree.map(
     lambda p: jnp.zeros(p.shape, cfg.delta_dtype or p.dtype), params
@@ -1054,9 +1052,9 @@ def _whole_step(
     optax.tree.cast_like(grads, params),
     jnp.ones((), jnp.bool_),
   )
-  (_, delta, _, g, finite), _ = jax.lax.scan(
-    body, carry, jnp.arange(cfg.n_ref, dtype=jnp.int32)
-  )
+  for i in range(cfg.n_ref):
+    carry = reference(carry, jnp.asarray(i, jnp.int32))
+  _, delta, _, g, finite = carry
   sq_norms = _sq_norms(g)
   ok = jnp.logical_and(finite, _finite(sq_norms))
   return _main_step(cfg, g, sq_norms, delta, state, params, ok, extra_args)
@@ -1126,7 +1124,7 @@ def profit(
   grad_fn=fn)`` runs a complete PROFIT step: ``grads`` (the gradient at
   ``params``) drives the first reference step and ``fn(params, i)``, for
   ``i = 0..n_ref-1``, returns the gradient of the ``(i+1)``-th batch of the
-  step at the given parameters (``i`` is a traced int32 scalar: index
+  step at the given parameters (``i`` is an int32 scalar array: index
   stacked batches with it). The returned update is ``O(g)`` relative to
   ``params``, and the state holds no copy of the parameters. Transformations
   chained *before* PROFIT see only ``grads``, not the gradients ``fn``

@@ -112,13 +112,15 @@ def _build_core(
 
   The core runs ``K`` PROFIT steps (batches stacked ``[K, n_ref + 1, ...]``)
   in a ``lax.scan``; with ``single``, one step (batches stacked
-  ``[n_ref + 1, ...]``, metrics without the leading axis), the axis added and
-  dropped inside the compiled program rather than by eager array operations
-  around it; inside each, the ``n_ref`` reference sub-steps are a
-  ``lax.scan`` of calls with ``profit_phase="reference"`` and the main
-  sub-step one call with ``profit_phase="main"``, so the phase is static:
-  no conditional on it, and under ``jax.vmap`` the reference sub-steps do
-  no main-optimizer work.
+  ``[n_ref + 1, ...]``, metrics without the leading axis) and no loop at
+  all. Inside each step, written out one after the other, the ``n_ref``
+  reference sub-steps are calls with ``profit_phase="reference"`` and the
+  main sub-step one call with ``profit_phase="main"``, so the phase is
+  static: no conditional on it, and under ``jax.vmap`` the reference
+  sub-steps do no main-optimizer work. Written out rather than looped, the
+  model's gradients compile as they do in a hand-written train step: on
+  XLA:CPU a convolution's gradient inside a loop body (even one of a single
+  iteration) runs a kernel several times slower.
   """
 
   def sub_loss(params, model_state, batch):
@@ -141,24 +143,19 @@ def _build_core(
 
   def one_step(carry, batches):
     params, opt_state, model_state = carry
-
-    def reference(carry, batch):
-      params, opt_state = carry
-      params, opt_state, (loss, _, aux) = sub_step(
-        params, opt_state, model_state, batch, "reference"
+    losses, auxes = [], []
+    for i in range(n_ref + 1):  # written out: no loop in the program
+      params, opt_state, (loss, new_ms, aux) = sub_step(
+        params,
+        opt_state,
+        model_state,
+        jax.tree.map(lambda x, i=i: x[i], batches),
+        "reference" if i < n_ref else "main",
       )
-      return (params, opt_state), (loss, aux)
-
-    ref_batches = jax.tree.map(lambda x: x[:n_ref], batches)
-    (params, opt_state), (ref_losses, ref_aux) = jax.lax.scan(
-      reference, (params, opt_state), ref_batches
-    )
-    main_batch = jax.tree.map(lambda x: x[n_ref], batches)
-    params, opt_state, (loss, new_ms, aux) = sub_step(
-      params, opt_state, model_state, main_batch, "main"
-    )
-    losses = jnp.concatenate([ref_losses, loss[None]])
-    aux = jax.tree.map(lambda r, m: jnp.concatenate([r, m[None]]), ref_aux, aux)
+      losses.append(loss)
+      auxes.append(aux)
+    losses = jnp.stack(losses)
+    aux = jax.tree.map(lambda *xs: jnp.stack(xs), *auxes)
     # Keep the model state of the main sub-step's forward pass.
     model_state = new_ms if with_model_state else model_state
     diag = find_profit_state(opt_state).diagnostics
@@ -172,13 +169,12 @@ def _build_core(
     return (params, opt_state, model_state), (metrics, aux)
 
   def core(params, opt_state, model_state, batches):
+    carry = (params, opt_state, model_state)
     if single:
-      batches = jax.tree.map(lambda x: x[None], batches)
-    (params, opt_state, model_state), (metrics, aux) = jax.lax.scan(
-      one_step, (params, opt_state, model_state), batches
-    )
-    if single:
-      metrics, aux = jax.tree.map(lambda x: x[0], (metrics, aux))
+      carry, (metrics, aux) = one_step(carry, batches)
+    else:
+      carry, (metrics, aux) = jax.lax.scan(one_step, carry, batches)
+    params, opt_state, model_state = carry
     return ProfitStepOutput(
       params,
       opt_state,
@@ -267,15 +263,18 @@ def profit_step(
   gradient of ``loss_fn`` on its batch at the current parameters and calls
   ``optimizer.update`` in the one-gradient-per-call mode of :func:`profit`,
   with the phase given statically (``profit_phase``): the ``n_ref``
-  reference sub-steps run in a ``lax.scan``, then the main sub-step, with no
-  conditional on the phase, so that under ``jax.vmap`` (a sweep) the
-  reference sub-steps do no main-optimizer work. The step matches
+  reference sub-steps, then the main sub-step, written out one after the
+  other with no loop and no conditional on the phase, so that under
+  ``jax.vmap`` (a sweep) the reference sub-steps do no main-optimizer work,
+  and the model compiles as in a hand-written train step. The step matches
   ``n_ref + 1`` hand-written calls exactly, and any chain around PROFIT
   (clipping, masking) sees every gradient.
 
   With ``num_steps=K``, one call runs ``K`` PROFIT steps in a ``lax.scan``
   (``K * (n_ref + 1)`` batches): one Python dispatch for ``K`` steps, and
-  the metrics of every step, stacked on a leading axis of length ``K``.
+  the metrics of every step, stacked on a leading axis of length ``K``. On
+  XLA:CPU a convolution's gradient inside a loop body runs a slower kernel:
+  for convolutional models there, call once per step (no loop).
 
   ``optimizer`` must contain a :func:`profit` transformation and ``opt_state``
   must be at a cycle boundary, as it is after ``init`` and after every
