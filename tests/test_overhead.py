@@ -23,12 +23,26 @@ def test_overhead_quick(tmp_path):
     "profit_step_k",
     "naive_blend",
     "floor_per_step",
+    "floor_per_step_scan",
+    "floor_per_step_unrolled",
     "profit_step_cond_guard",
     "profit_step_donated",
   ):
     assert math.isfinite(row["times"][drive]["ratio"])
-  assert math.isfinite(row["times"]["profit_step"]["ratio_per_step_floor"])
-  assert "| floor, one call per step |" in report
+  t = row["times"]
+  for drive in (
+    "profit_step",
+    "profit_step_cond_guard",
+    "floor_per_step_scan",
+    "floor_per_step_unrolled",
+  ):
+    assert math.isfinite(t[drive]["ratio_per_step_floor"])
+  assert math.isfinite(t["profit_step_donated"]["ratio_undonated"])
+  # The floor called once per step is the faster of its two forms.
+  assert t["floor_per_step"]["step_s"] <= min(
+    t["floor_per_step_scan"]["step_s"], t["floor_per_step_unrolled"]["step_s"]
+  )
+  assert "| one call per step: floor ms | profit_step |" in report
   assert res["compiles"]["mlp"] == {"per_call": 1, "profit_step": 1}
   for call in ("guarded_adam", "adam_in_cond", "profit_main_call_cond_guard"):
     assert call in data["optimizer_only"]

@@ -17,7 +17,7 @@ Usage::
   python -m benchmarks.overhead --from-json benchmarks/results/overhead.json
                                                # re-render its report
 
-The full run takes about 12 minutes on 2 CPU cores.
+The full run takes about 15 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations

@@ -68,8 +68,9 @@ def median_ratio(times: list[float], base: list[float]) -> float:
 # -- training loops: all scan over the same pre-made batches ------------------
 
 
-def per_call_loop(model: Model, tx):
-  """One gradient per `update` call, inside a jitted lax.scan."""
+def per_call_loop(model: Model, tx, unroll: bool = False):
+  """One gradient per `update` call, inside a jitted lax.scan (``unroll``:
+  the scan written out, no loop left in the compiled program)."""
   grad = jax.grad(model.loss)
 
   def loop(params, state, batches):
@@ -78,7 +79,7 @@ def per_call_loop(model: Model, tx):
       updates, state = tx.update(grad(params, batch), state, params)
       return (optax.apply_updates(params, updates), state), None
 
-    return jax.lax.scan(body, (params, state), batches)[0]
+    return jax.lax.scan(body, (params, state), batches, unroll=unroll)[0]
 
   return loop
 
@@ -124,13 +125,14 @@ def _first_run(run: Callable) -> tuple[float, Callable]:
   return time.perf_counter() - start, run
 
 
-def floor_per_step_runner(model: Model, tx, params, batches, n):
+def floor_per_step_runner(model: Model, tx, params, batches, n, unroll):
   """(first call seconds, runner): the floor's ``n`` Adam steps of each
   PROFIT step as one jitted call from Python, once per PROFIT step, as
   ``profit_step`` is called by default (nothing donated): the floor plus
-  one dispatch per step."""
+  one dispatch per step. The ``n`` steps are a ``lax.scan``, or with
+  ``unroll`` written out (XLA:CPU runs either faster, by model)."""
   chunks = _step_chunks(batches, n)
-  call = jax.jit(per_call_loop(model, tx))
+  call = jax.jit(per_call_loop(model, tx, unroll))
 
   def run():
     p, s = params, tx.init(params)
@@ -233,10 +235,11 @@ def step_times(model: Model, n_ref: int, calls: int, rounds: int) -> dict:
     model, profit, params, batches, n, per_call=False
   )
   out["profit_step_k"] = {"first_call_s": first, "num_steps": steps}
-  first, runners["floor_per_step"] = floor_per_step_runner(
-    model, base, params, batches, n
-  )
-  out["floor_per_step"] = {"first_call_s": first}
+  for name, unroll in (("scan", False), ("unrolled", True)):
+    first, runners[f"floor_per_step_{name}"] = floor_per_step_runner(
+      model, base, params, batches, n, unroll
+    )
+    out[f"floor_per_step_{name}"] = {"first_call_s": first}
   first, runners["profit_step_cond_guard"] = profit_step_runner(
     model, cond_guarded(n_ref), params, batches, n
   )
@@ -246,15 +249,38 @@ def step_times(model: Model, n_ref: int, calls: int, rounds: int) -> dict:
   )
   out["profit_step_donated"] = {"first_call_s": first}
   times = interleaved(runners, rounds)
+  # The floor called once per step: round by round, the faster of the two.
+  times["floor_per_step"] = [
+    min(a, b)
+    for a, b in zip(
+      times["floor_per_step_scan"], times["floor_per_step_unrolled"]
+    )
+  ]
+  out["floor_per_step"] = {}
   for name, t in times.items():
     out[name]["step_s"] = statistics.median(t) / steps
     out[name]["ratio"] = median_ratio(t, times["floor"])
     out[name]["rounds_s"] = t
-  # profit_step against the floor dispatched as often (once per step).
-  out["profit_step"]["ratio_per_step_floor"] = median_ratio(
-    times["profit_step"], times["floor_per_step"]
+  # What is called once per step, against the floor dispatched as often.
+  for name in PER_STEP:
+    out[name]["ratio_per_step_floor"] = median_ratio(
+      times[name], times["floor_per_step"]
+    )
+  # Donation, on PROFIT alone (the floors are not donated).
+  out["profit_step_donated"]["ratio_undonated"] = median_ratio(
+    times["profit_step_donated"], times["profit_step"]
   )
   return out
+
+
+# The runners called from Python once per PROFIT step, judged against the
+# floor called the same way.
+PER_STEP = (
+  "profit_step",
+  "profit_step_cond_guard",
+  "floor_per_step_scan",
+  "floor_per_step_unrolled",
+)
 
 
 def optimizer_only(
