@@ -205,6 +205,15 @@ def profit_step_runner(
 
 # -- the benchmarks -----------------------------------------------------------
 
+# The runners called from Python once per PROFIT step, judged against the
+# floor called the same way.
+PER_STEP = (
+  "profit_step",
+  "profit_step_cond_guard",
+  "floor_per_step_scan",
+  "floor_per_step_unrolled",
+)
+
 
 def step_times(model: Model, n_ref: int, calls: int, rounds: int) -> dict:
   """Per-PROFIT-step seconds of each drive and of the floor."""
@@ -271,16 +280,6 @@ def step_times(model: Model, n_ref: int, calls: int, rounds: int) -> dict:
     times["profit_step_donated"], times["profit_step"]
   )
   return out
-
-
-# The runners called from Python once per PROFIT step, judged against the
-# floor called the same way.
-PER_STEP = (
-  "profit_step",
-  "profit_step_cond_guard",
-  "floor_per_step_scan",
-  "floor_per_step_unrolled",
-)
 
 
 def optimizer_only(

@@ -266,7 +266,8 @@ def profit_step(
   reference sub-steps, then the main sub-step, written out one after the
   other with no loop and no conditional on the phase, so that under
   ``jax.vmap`` (a sweep) the reference sub-steps do no main-optimizer work,
-  and the model compiles as in a hand-written train step. The step matches
+  and the model compiles as in a hand-written train step (its compile time
+  grows with ``n_ref``). The step matches
   ``n_ref + 1`` hand-written calls exactly, and any chain around PROFIT
   (clipping, masking) sees every gradient.
 
