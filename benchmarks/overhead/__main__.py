@@ -17,7 +17,7 @@ Usage::
   python -m benchmarks.overhead --from-json benchmarks/results/overhead.json
                                                # re-render its report
 
-The full run takes about 15 minutes on 2 CPU cores.
+The full run takes about 19 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -69,8 +69,10 @@ def main(argv=None):
   # Calls per timed loop (divisible by 2, 3 and 4) and rounds, per model.
   # The MLP's loops are short (0.1-0.5 s) and its ratios the noisiest: with
   # 9 rounds its profit_step(num_steps=k) ratio at n_ref 1 read 1.02 in one
-  # quiet run and 1.08 in the next; more rounds cost it seconds.
-  calls = {"mlp": 96, "cnn": 24, "transformer": 24}
+  # quiet run and 1.08 in the next; more rounds cost it seconds. The CNN's
+  # calls once per step take about 4 ms a step (its scan loops about 40):
+  # 96 calls keep those rounds above 0.15 s.
+  calls = {"mlp": 96, "cnn": 96, "transformer": 24}
   rounds = {"mlp": 27, "cnn": 9, "transformer": 15}
   repeats = 1 if quick else 9
   n_refs = (1,) if quick else (1, 2, 3)
