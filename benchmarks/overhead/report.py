@@ -128,7 +128,7 @@ def to_markdown(res: dict, command: str) -> str:
       f"| {k} | {1e3 * o[k]['update_s']:.2f} | {o[k]['ratio']:.2f} |"
       f" {o[k]['passes']:.1f} | {o[k]['passes'] / base_passes:.2f} |"
       f" {o[k]['copies_step'] / res['optimizer_only_leaves']:.1f} |"
-      f" {_pages(o[k].get('fresh_pages'))} |"
+      f" {_num(o[k].get('fresh_pages'))} |"
     )
   worst = max(
     o[k]["ratio"] for k in ("profit_main_call", "profit_main_call_cond")
@@ -270,9 +270,6 @@ def _quartiles(times: dict, name: str, base: str) -> str:
 
 
 def _num(value) -> str:
-  return "n/a" if value is None else f"{value:.2f}"
-
-
-def _pages(value) -> str:
-  """Fresh pages per call (absent from runs before the column: n/a)."""
+  """A number to two decimals, or n/a where the backend or an older run has
+  none (peak memory, fresh pages)."""
   return "n/a" if value is None else f"{value:.2f}"
