@@ -5,10 +5,12 @@ close each way of running it comes to ``n_ref + 1`` steps of the base
 optimizer alone on the same model and batches, side by side in one run
 (warm-up, compilation timed separately, ``block_until_ready``; the variants
 are timed in interleaved rounds and each ratio is the median over rounds of
-the ratio within a round), together with two peers: the same algorithm written naively (both
-branches every call, blended with 0/1 arithmetic) and a straightforward
-PyTorch implementation of Algorithm 1 on the toy MLP (skipped when torch is
-not installed: ``pip install torch``).
+the ratio within a round), together with three peers: Algorithm 1 written
+by hand as one jitted function (``by_hand``: bare, and with PROFIT's
+non-finite checks), the same algorithm written naively (both branches every
+call, blended with 0/1 arithmetic) and a straightforward PyTorch
+implementation of Algorithm 1 on the toy MLP (skipped when torch is not
+installed: ``pip install torch``).
 
 Usage::
 
@@ -17,7 +19,7 @@ Usage::
   python -m benchmarks.overhead --from-json benchmarks/results/overhead.json
                                                # re-render its report
 
-The full run takes about 19 minutes on 2 CPU cores.
+The full run takes about 33 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from benchmarks.overhead.run import (
   machine,
   memory,
   optimizer_only,
+  step_passes,
   step_times,
   torch_peer,
 )
@@ -88,6 +91,7 @@ def main(argv=None):
         "description": model.description,
         "params": n_params(model.init(jax.random.PRNGKey(0))),
         "n_ref": n_ref,
+        "passes": step_passes(model, n_ref),
         "times": step_times(
           model,
           n_ref,

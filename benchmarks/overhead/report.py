@@ -80,6 +80,8 @@ def to_markdown(res: dict, command: str) -> str:
     f" {'met' if all(r['times']['profit_step_k']['ratio'] <= 1.03 for r in res['steps'] if r['model'] == 'mlp') else 'NOT met'}).",
     "",
   ]
+  lines += _by_hand_steps(res)
+  lines += [""]
   lines += _diagnostic_steps(res)
   lines += [
     "",
@@ -101,7 +103,11 @@ def to_markdown(res: dict, command: str) -> str:
     " main call with a `lax.cond` instead of the select; `adam_in_cond` is"
     " Adam alone inside a `lax.cond` whose two branches are Adam (a"
     " predicate read from the state): what a conditional costs on this backend"
-    " for the same work. Fresh pages: memory newly mapped per call (minor page faults"
+    " for the same work. `main_call_by_hand` is the main call written by"
+    " hand (`benchmarks/overhead/by_hand.py`): Δ read from the state, the"
+    " anchor, ω, the projection and Adam's step, with no guard and no"
+    " bookkeeping; what the algorithm's main call costs here."
+    " Fresh pages: memory newly mapped per call (minor page faults"
     " times the page size), in parameter bytes: buffers XLA allocates per"
     " call, faulted in page by page, a cost in the time but not in the"
     " passes.",
@@ -119,6 +125,7 @@ def to_markdown(res: dict, command: str) -> str:
     "profit_main_call_cond",
     "naive_main_call",
     "profit_main_call_unguarded",
+    "main_call_by_hand",
     "profit_main_call_cond_guard",
     "adam_in_cond",
   ):
@@ -226,6 +233,42 @@ def to_markdown(res: dict, command: str) -> str:
       + " per PROFIT step than the PyTorch implementation.",
     ]
   return "\n".join(lines) + "\n"
+
+
+def _by_hand_steps(res: dict) -> list[str]:
+  """The table that splits ``profit_step``'s ratio into the algorithm's
+  cost and the package's."""
+  lines = [
+    "What the algorithm costs and what `profit_step` adds, called once per"
+    " step (same rounds). *by hand*: Algorithm 1 written out as one jitted"
+    " function (`benchmarks/overhead/by_hand.py`): SGD reference steps, Δ,"
+    " the projection and Adam's step from the anchor, nothing else;"
+    " *checked*: the same with the package's handling of non-finite"
+    " gradients (each gradient's squared norm before its step, selects that"
+    " hold the step). Times against the floor called once per step, and"
+    " `profit_step` against each. Passes: the bytes XLA's cost analysis"
+    " counts for one step's compiled call, model work included, in passes"
+    " over the parameter bytes.",
+    "",
+    "| model | n_ref | floor passes | by hand passes | checked passes"
+    " | profit_step passes | by hand | checked | profit_step"
+    " | profit_step ÷ by hand | profit_step ÷ checked |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    " ---: |",
+  ]
+  for row in res["steps"]:
+    t, p = row["times"], row["passes"]
+    lines.append(
+      f"| {row['model']} | {row['n_ref']} | {p['floor']:.1f} |"
+      f" {p['by_hand']:.1f} | {p['by_hand_checked']:.1f} |"
+      f" {p['profit_step']:.1f} |"
+      f" {t['by_hand']['ratio_per_step_floor']:.3f} |"
+      f" {t['by_hand_checked']['ratio_per_step_floor']:.3f} |"
+      f" {t['profit_step']['ratio_per_step_floor']:.3f} |"
+      f" {t['profit_step']['ratio_by_hand']:.3f} |"
+      f" {t['profit_step']['ratio_by_hand_checked']:.3f} |"
+    )
+  return lines
 
 
 def _diagnostic_steps(res: dict) -> list[str]:

@@ -17,6 +17,7 @@ import optax
 
 import profit_optax
 from benchmarks._common import report as rep
+from benchmarks.overhead.by_hand import by_hand_main_call, by_hand_step
 from benchmarks.overhead.models import MODELS, Model
 from benchmarks.overhead.naive import naive_profit
 from profit_optax._src import profit as _profit
@@ -203,6 +204,57 @@ def profit_step_runner(
   return _first_run(run)
 
 
+def by_hand_runner(model: Model, params, batches, n, checked: bool):
+  """(first call seconds, runner): Algorithm 1 by hand (``by_hand_step``),
+  one jitted call per PROFIT step from Python, as ``profit_step`` is called
+  (nothing donated)."""
+  base = optax.adam(LR)
+  step = by_hand_step(model.loss, base, LR_REF, n - 1, checked)
+  chunks = _step_chunks(batches, n)
+
+  def run():
+    p, s = params, base.init(params)
+    for chunk in chunks:
+      p, s = step(p, s, chunk)
+    return block(p)
+
+  return _first_run(run)
+
+
+def step_passes(model: Model, n_ref: int) -> dict:
+  """The bytes XLA's cost analysis counts for one PROFIT step called once
+  per step, in passes over the parameter bytes: the floor (Adam's ``n_ref +
+  1`` steps written out), Algorithm 1 by hand (bare and checked) and
+  ``profit_step``. Model work (activations, batches) is counted in all."""
+  n = n_ref + 1
+  params = model.init(jax.random.PRNGKey(0))
+  batches = model.batches(jax.random.PRNGKey(1), n)
+  param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+  base = optax.adam(LR)
+  profit = profit_optax.profit(optax.adam(LR), LR_REF, n_ref=n_ref)
+  steps = {
+    "floor": (jax.jit(per_call_loop(model, base, unroll=True)), base),
+    "by_hand": (by_hand_step(model.loss, base, LR_REF, n_ref), base),
+    "by_hand_checked": (
+      by_hand_step(model.loss, base, LR_REF, n_ref, checked=True),
+      base,
+    ),
+    "profit_step": (
+      jax.jit(
+        lambda p, s, b: profit_optax.profit_step(model.loss, profit, p, s, b)
+      ),
+      profit,
+    ),
+  }
+  out = {}
+  for name, (fn, tx) in steps.items():
+    compiled = fn.lower(params, tx.init(params), batches).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    out[name] = cost["bytes accessed"] / param_bytes
+  return out
+
+
 # -- the benchmarks -----------------------------------------------------------
 
 # The runners called from Python once per PROFIT step, judged against the
@@ -210,6 +262,8 @@ def profit_step_runner(
 PER_STEP = (
   "profit_step",
   "profit_step_cond_guard",
+  "by_hand",
+  "by_hand_checked",
   "floor_per_step_scan",
   "floor_per_step_unrolled",
 )
@@ -257,6 +311,9 @@ def step_times(model: Model, n_ref: int, calls: int, rounds: int) -> dict:
     model, profit, params, batches, n, donate=True
   )
   out["profit_step_donated"] = {"first_call_s": first}
+  for name, checked in (("by_hand", False), ("by_hand_checked", True)):
+    first, runners[name] = by_hand_runner(model, params, batches, n, checked)
+    out[name] = {"first_call_s": first}
   times = interleaved(runners, rounds)
   # The floor called once per step: round by round, the faster of the two.
   times["floor_per_step"] = [
@@ -274,6 +331,11 @@ def step_times(model: Model, n_ref: int, calls: int, rounds: int) -> dict:
   for name in PER_STEP:
     out[name]["ratio_per_step_floor"] = median_ratio(
       times[name], times["floor_per_step"]
+    )
+  # What profit_step adds to Algorithm 1 written by hand.
+  for name in ("by_hand", "by_hand_checked"):
+    out["profit_step"][f"ratio_{name}"] = median_ratio(
+      times["profit_step"], times[name]
     )
   # Donation, on PROFIT alone (the floors are not donated).
   out["profit_step_donated"]["ratio_undonated"] = median_ratio(
@@ -326,6 +388,9 @@ def optimizer_only(
       None,
       {"profit_phase": "main"},
     ),
+    # PROFIT's main call written by hand, with no guard and no bookkeeping:
+    # what the algorithm's main call costs on this backend.
+    "main_call_by_hand": (by_hand_main_call(optax.adam(LR)), None, {}),
     # What a conditional costs on this backend: Adam alone, inside a
     # lax.cond on a predicate read from the state (both branches Adam).
     "adam_in_cond": (_InCond(base), None, {}),
