@@ -132,13 +132,20 @@ def floor_per_step_runner(model: Model, tx, params, batches, n, unroll):
   ``profit_step`` is called by default (nothing donated): the floor plus
   one dispatch per step. The ``n`` steps are a ``lax.scan``, or with
   ``unroll`` written out (XLA:CPU runs either faster, by model)."""
-  chunks = _step_chunks(batches, n)
   call = jax.jit(per_call_loop(model, tx, unroll))
+  return _once_per_step(call, tx, params, batches, n)
+
+
+def _once_per_step(step: Callable, tx, params, batches, n):
+  """(first call seconds, runner): ``step(params, state, batches)`` called
+  from Python once per PROFIT step (``n`` batches each), from ``params``
+  and ``tx.init(params)``."""
+  chunks = _step_chunks(batches, n)
 
   def run():
     p, s = params, tx.init(params)
     for chunk in chunks:
-      p, s = call(p, s, chunk)
+      p, s = step(p, s, chunk)
     return block(p)
 
   return _first_run(run)
@@ -210,15 +217,7 @@ def by_hand_runner(model: Model, params, batches, n, checked: bool):
   (nothing donated)."""
   base = optax.adam(LR)
   step = by_hand_step(model.loss, base, LR_REF, n - 1, checked)
-  chunks = _step_chunks(batches, n)
-
-  def run():
-    p, s = params, base.init(params)
-    for chunk in chunks:
-      p, s = step(p, s, chunk)
-    return block(p)
-
-  return _first_run(run)
+  return _once_per_step(step, base, params, batches, n)
 
 
 def step_passes(model: Model, n_ref: int) -> dict:
