@@ -7,8 +7,8 @@ It is not part of the package.
 Bare, it is Algorithm 1 and nothing else: ``n_ref`` SGD steps, ``Δ`` as the
 sum of their updates (as the package keeps it: exact, where the difference
 of the displaced parameters and the anchor would round small steps away),
-the gradient at the displaced parameters,
-``ω`` and the projection when ``ω < 0``, and Adam's step from the anchor.
+the gradient at the displaced parameters, ``ω`` and the projection when
+``ω < 0``, and Adam's step from the anchor.
 ``checked`` adds PROFIT's handling of non-finite gradients as the package
 does it: each gradient's squared norm before its step, a reference step held
 where its gradient is not finite, and, when any gradient of the step was
