@@ -1025,36 +1025,25 @@ def _whole_step(
   step, whose update is returned as it is (relative to ``params``). ``Δ``
   is the sum of the reference updates, as in the per-call drive.
   """
-
-  def reference(carry, i):
-    theta, delta, ref_state, g, finite = carry
+  radius = None
+  if cfg.ref_trust_radius is not None:
+    radius = cfg.ref_trust_radius * _tree_norm(params)
+  theta, ref_state = params, _ref_init(cfg, params)
+  delta = jax.tree.map(
+    lambda p: jnp.zeros(p.shape, cfg.delta_dtype or p.dtype), params
+  )
+  g = optax.tree.cast_like(grads, params)
+  finite = jnp.ones((), jnp.bool_)
+  for i in range(cfg.n_ref):
     finite = jnp.logical_and(finite, _finite(_sq_norms(g)))
     u, ref_state = _reference_step(
       cfg, g, ref_state, theta, state, delta, radius, finite, extra_args
     )
     theta = optax.apply_updates(theta, u)
     delta = jax.tree.map(lambda d, ui: d + ui.astype(d.dtype), delta, u)
-    g = grad_fn(theta, i)
+    g = grad_fn(theta, jnp.asarray(i, jnp.int32))
     _check_same_tree("grad_fn(params, i)", g, params)
     g = optax.tree.cast_like(g, params)
-    return theta, delta, ref_state, g, finite
-
-  delta0 = jax.tree.map(
-    lambda p: jnp.zeros(p.shape, cfg.delta_dtype or p.dtype), params
-  )
-  radius = None
-  if cfg.ref_trust_radius is not None:
-    radius = cfg.ref_trust_radius * _tree_norm(params)
-  carry = (
-    params,
-    delta0,
-    _ref_init(cfg, params),
-    optax.tree.cast_like(grads, params),
-    jnp.ones((), jnp.bool_),
-  )
-  for i in range(cfg.n_ref):
-    carry = reference(carry, jnp.asarray(i, jnp.int32))
-  _, delta, _, g, finite = carry
   sq_norms = _sq_norms(g)
   ok = jnp.logical_and(finite, _finite(sq_norms))
   return _main_step(cfg, g, sq_norms, delta, state, params, ok, extra_args)
