@@ -220,6 +220,14 @@ def by_hand_runner(model: Model, params, batches, n, checked: bool):
   return _once_per_step(step, base, params, batches, n)
 
 
+def _passes(compiled, param_bytes: int) -> float:
+  """The bytes XLA's cost analysis counts for ``compiled``, in passes over
+  ``param_bytes``."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return cost["bytes accessed"] / param_bytes
+
+
 def step_passes(model: Model, n_ref: int) -> dict:
   """The bytes XLA's cost analysis counts for one PROFIT step called once
   per step, in passes over the parameter bytes: the floor (Adam's ``n_ref +
@@ -248,9 +256,7 @@ def step_passes(model: Model, n_ref: int) -> dict:
   out = {}
   for name, (fn, tx) in steps.items():
     compiled = fn.lower(params, tx.init(params), batches).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    out[name] = cost["bytes accessed"] / param_bytes
+    out[name] = _passes(compiled, param_bytes)
   return out
 
 
@@ -401,9 +407,7 @@ def optimizer_only(
     start = time.perf_counter()
     compiled = step.lower(grads, params, state).compile()
     out[name] = {"compile_s": time.perf_counter() - start}
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    out[name]["passes"] = cost["bytes accessed"] / param_bytes
+    out[name]["passes"] = _passes(compiled, param_bytes)
     out[name]["copies_step"] = _leaf_copies(compiled, leaf_size)
     runners[name] = _carried_runner(compiled, grads, state, params, calls)
     out[name]["fresh_pages"] = _fresh_pages(runners[name], calls, param_bytes)
