@@ -147,8 +147,10 @@ class ProfitState(NamedTuple):
     delta: ``Δ``, the sum of the reference updates of the current cycle
       (same tree and shapes as the parameters, in ``delta_dtype`` or each
       parameter's dtype); the anchor is ``params - delta``. Meaningful only
-      while ``count > 0``. ``optax.EmptyState()`` in opaque mode, which keeps
-      no copy of the parameters.
+      while ``count > 0``: :func:`profit_step` neither reads nor writes it,
+      and returns the state with the ``delta`` it was given.
+      ``optax.EmptyState()`` in opaque mode, which keeps no copy of the
+      parameters.
     ref_state: state of the reference optimizer; restarted every cycle.
     inner_state: state of the main optimizer; it advances once per PROFIT
       step.
@@ -253,6 +255,14 @@ def find_profit_state(state: optax.OptState) -> ProfitState:
       " transformation per optimizer is supported here."
     )
   return found[0]
+
+
+def _map_profit(fn: Any, state: optax.OptState) -> optax.OptState:
+  """``state`` with ``fn`` applied to each :class:`ProfitState` in it."""
+  is_profit = lambda x: isinstance(x, ProfitState)
+  return jax.tree.map(
+    lambda x: fn(x) if is_profit(x) else x, state, is_leaf=is_profit
+  )
 
 
 def get_diagnostics(state: optax.OptState) -> ProfitDiagnostics:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from profit_optax._src.profit import find_profit_state
+from profit_optax._src.profit import _map_profit, find_profit_state
 
 __all__ = ["ProfitStepOutput", "profit_step"]
 
@@ -23,7 +23,9 @@ class ProfitStepOutput(NamedTuple):
 
   Attributes:
     params: the parameters after the PROFIT step.
-    opt_state: the optimizer state after the PROFIT step (at a cycle boundary).
+    opt_state: the optimizer state after the PROFIT step (at a cycle
+      boundary). Its ``delta`` is the one passed in: ``Δ`` is not meaningful
+      at a boundary, and ``profit_step`` neither reads nor writes it.
     metrics: a dict of arrays: ``loss`` (shape ``(n_ref + 1,)``, the loss of
       each sub-step: ``n_ref`` reference batches, then the main batch at the
       displaced parameters), ``omega``, ``cos``, ``projected`` and
@@ -121,6 +123,12 @@ def _build_core(
   model's gradients compile as they do in a hand-written train step: on
   XLA:CPU a convolution's gradient inside a loop body (even one of a single
   iteration) runs a kernel several times slower.
+
+  The core takes ``Δ`` apart from the state (which holds ``None`` in its
+  place) and returns the state without it. At a cycle boundary ``Δ`` is not
+  read, so each step starts from zeros that XLA folds into the first
+  reference update: the step makes no pass over ``Δ``, neither a read nor a
+  write of a parameter-sized output.
   """
 
   def sub_loss(params, model_state, batch):
@@ -141,8 +149,14 @@ def _build_core(
     )
     return optax.apply_updates(params, updates), opt_state, (loss, new_ms, aux)
 
-  def one_step(carry, batches):
+  def one_step(carry, batches, delta):
     params, opt_state, model_state = carry
+    # Δ from zeros (the first reference call does not read it); it leaves
+    # the step stripped from the state.
+    opt_state = _map_profit(
+      lambda s: s._replace(delta=jax.tree.map(jnp.zeros_like, delta)),
+      opt_state,
+    )
     losses, auxes = [], []
     for i in range(n_ref + 1):  # written out: no loop in the program
       params, opt_state, (loss, new_ms, aux) = sub_step(
@@ -159,6 +173,7 @@ def _build_core(
     # Keep the model state of the main sub-step's forward pass.
     model_state = new_ms if with_model_state else model_state
     diag = find_profit_state(opt_state).diagnostics
+    opt_state = _map_profit(lambda s: s._replace(delta=None), opt_state)
     metrics = {
       "loss": losses,
       "omega": diag.omega,
@@ -168,12 +183,13 @@ def _build_core(
     }
     return (params, opt_state, model_state), (metrics, aux)
 
-  def core(params, opt_state, model_state, batches):
+  def core(params, opt_state, model_state, batches, delta):
     carry = (params, opt_state, model_state)
+    step = functools.partial(one_step, delta=delta)
     if single:
-      carry, (metrics, aux) = one_step(carry, batches)
+      carry, (metrics, aux) = step(carry, batches)
     else:
-      carry, (metrics, aux) = jax.lax.scan(one_step, carry, batches)
+      carry, (metrics, aux) = jax.lax.scan(step, carry, batches)
     params, opt_state, model_state = carry
     return ProfitStepOutput(
       params,
@@ -344,6 +360,41 @@ def profit_step(
     Chakravarthy et al., `PROFIT: A Specialized Optimizer for Deep Fine
     Tuning <https://arxiv.org/abs/2412.01930>`_, 2024
   """
+  core, args = _core_call(
+    loss_fn,
+    optimizer,
+    params,
+    opt_state,
+    batches,
+    has_aux=has_aux,
+    model_state=model_state,
+    donate=donate,
+    num_steps=num_steps,
+  )
+  out = core(*args)
+  # The state leaves with the Δ it came in with (see ProfitState.delta).
+  delta = args[-1]
+  return out._replace(
+    opt_state=_map_profit(lambda s: s._replace(delta=delta), out.opt_state)
+  )
+
+
+def _core_call(
+  loss_fn: Callable[..., Any],
+  optimizer: optax.GradientTransformation,
+  params: optax.Params,
+  opt_state: optax.OptState,
+  batches: Any,
+  *,
+  has_aux: bool,
+  model_state: Any | None,
+  donate: bool,
+  num_steps: int | None,
+) -> tuple[Callable[..., ProfitStepOutput], tuple[Any, ...]]:
+  """Checks :func:`profit_step`'s arguments; returns its compiled core and
+  the core's arguments: ``(params, opt_state without Δ, model_state,
+  batches stacked, Δ)``. The core returns the state without Δ.
+  """
   if not callable(loss_fn):
     raise TypeError(f"`loss_fn` must be callable; got {loss_fn!r}.")
   if params is None:
@@ -386,4 +437,6 @@ def profit_step(
     bool(donate),
     num_steps is None,
   )
-  return core(params, opt_state, model_state, stacked)
+  # Δ goes in apart from the state: never donated, and not read.
+  bare = _map_profit(lambda s: s._replace(delta=None), opt_state)
+  return core, (params, bare, model_state, stacked, state.delta)

@@ -24,8 +24,8 @@ from profit_optax._src._common import (
   _dtype_of,
 )
 from profit_optax._src.profit import (
-  ProfitState,
   _check_params,
+  _map_profit,
   _match_state_types,
   find_profit_state,
 )
@@ -75,14 +75,6 @@ class ProfitWarmupState(NamedTuple):
   count: jax.Array
   warmup_state: optax.OptState
   profit_state: optax.OptState
-
-
-def _map_profit(fn: Any, state: optax.OptState) -> optax.OptState:
-  """``state`` with ``fn`` applied to the one :class:`ProfitState` in it."""
-  is_profit = lambda x: isinstance(x, ProfitState)
-  return jax.tree.map(
-    lambda x: fn(x) if is_profit(x) else x, state, is_leaf=is_profit
-  )
 
 
 def _with_inner(state: optax.OptState, inner: optax.OptState) -> Any:

@@ -1,0 +1,95 @@
+"""``profit_step`` and ``Δ``: at a cycle boundary it neither reads nor writes
+the state's ``Δ``, so the compiled step makes no pass over it."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import profit_optax
+from profit_optax._src.step import _core_call
+
+
+def loss_fn(params, batch):
+  x, y = batch
+  return jnp.mean((x @ params["w"] + params["b"] - y) ** 2)
+
+
+PARAMS = {"w": jnp.array([0.5, -1.0, 0.25]), "b": jnp.array(0.1)}
+
+
+def batches(count):
+  x = jnp.sin(jnp.arange(count * 16 * 3, dtype=jnp.float32)).reshape(
+    count, 16, 3
+  )
+  y = x @ jnp.array([1.0, -2.0, 0.5]) + 0.1 * jnp.cos(x[..., 0])
+  return x, y
+
+
+@pytest.mark.parametrize("num_steps", [None, 3])
+@pytest.mark.parametrize("n_ref", [1, 2])
+def test_a_stale_delta_is_neither_read_nor_written(n_ref, num_steps):
+  # At a cycle boundary Δ is stale: a NaN Δ must not reach the step, and
+  # the state comes back with the very Δ it was given.
+  tx = profit_optax.profit(optax.adam(1e-2), 1e-3, n_ref)
+  n = (n_ref + 1) * (num_steps or 1)
+  x, y = batches(n)
+  stacked = (x, y)
+  if num_steps is not None:
+    stacked = jax.tree.map(
+      lambda a: a.reshape(num_steps, n_ref + 1, *a.shape[1:]), stacked
+    )
+  clean = tx.init(PARAMS)
+  stale = clean._replace(
+    delta=jax.tree.map(lambda d: jnp.full_like(d, jnp.nan), clean.delta)
+  )
+  want = profit_optax.profit_step(
+    loss_fn, tx, PARAMS, clean, stacked, num_steps=num_steps
+  )
+  got = profit_optax.profit_step(
+    loss_fn, tx, PARAMS, stale, stacked, num_steps=num_steps
+  )
+  assert got.opt_state.delta is stale.delta
+  for a, b in zip(
+    jax.tree.leaves((got.params, got.opt_state._replace(delta=None))),
+    jax.tree.leaves((want.params, want.opt_state._replace(delta=None))),
+    strict=True,
+  ):
+    np.testing.assert_array_equal(a, b)
+  assert int(got.opt_state.step) == (num_steps or 1)
+  assert int(got.opt_state.skipped) == 0
+
+
+@pytest.mark.parametrize("donate", [False, True])
+def test_the_compiled_step_has_no_delta_input_or_output(donate):
+  # Δ is neither a parameter of the compiled program (jit drops an unused
+  # argument) nor one of its results: no parameter-sized read or write.
+  tx = optax.chain(
+    optax.clip_by_global_norm(1.0),
+    profit_optax.profit(optax.adam(1e-2), 1e-3),
+  )
+  params = jax.tree.map(jnp.copy, PARAMS)
+  core, args = _core_call(
+    loss_fn,
+    tx,
+    params,
+    tx.init(params),
+    batches(2),
+    has_aux=False,
+    model_state=None,
+    donate=donate,
+    num_steps=None,
+  )
+  text = core.lower(*args).as_text()
+  main = next(ln for ln in text.splitlines() if "func public @main" in ln)
+  inputs, results = main.split(") -> (", 1)
+  n_delta = len(jax.tree.leaves(args[-1]))
+  assert n_delta == 2
+  assert len(re.findall(r"%arg\d+:", inputs)) == (
+    len(jax.tree.leaves(args)) - n_delta
+  )
+  assert "opt_state[1].delta" not in results
+  assert "opt_state[1].inner_state" in results
