@@ -26,6 +26,14 @@ def _finite(tree) -> jax.Array:
   return jnp.isfinite(sum(jnp.sum(x * x) for x in jax.tree.leaves(tree)))
 
 
+def _project(g, delta):
+  """``g`` without its component along ``Δ`` when ``ω = ⟨Δ, g⟩ < 0``."""
+  omega = optax.tree.vdot(delta, g)
+  dd = optax.tree.vdot(delta, delta)
+  coef = jnp.where(omega < 0, omega / jnp.where(dd > 0, dd, 1.0), 0.0)
+  return jax.tree.map(lambda x, d: x - coef * d, g, delta)
+
+
 def by_hand_step(loss, optimizer, ref_learning_rate, n_ref, checked=False):
   """``step(anchor, opt_state, batches) -> (params, opt_state)``, jitted."""
   grad = jax.grad(loss)
@@ -45,11 +53,7 @@ def by_hand_step(loss, optimizer, ref_learning_rate, n_ref, checked=False):
     g = grad(theta, pick(n_ref))
     if checked:
       ok = jnp.logical_and(ok, _finite(g))
-    omega = optax.tree.vdot(delta, g)
-    dd = optax.tree.vdot(delta, delta)
-    coef = jnp.where(omega < 0, omega / jnp.where(dd > 0, dd, 1.0), 0.0)
-    g = jax.tree.map(lambda x, d: x - coef * d, g, delta)
-    updates, new_state = optimizer.update(g, opt_state, anchor)
+    updates, new_state = optimizer.update(_project(g, delta), opt_state, anchor)
     if checked:
       updates = jax.tree.map(lambda u: jnp.where(ok, u, 0), updates)
       new_state = optax.tree.where(ok, new_state, opt_state)
@@ -71,11 +75,7 @@ def by_hand_main_call(optimizer):
   def update(grads, state, params):
     inner, delta = state
     anchor = jax.tree.map(jnp.subtract, params, delta)
-    omega = optax.tree.vdot(delta, grads)
-    dd = optax.tree.vdot(delta, delta)
-    coef = jnp.where(omega < 0, omega / jnp.where(dd > 0, dd, 1.0), 0.0)
-    g = jax.tree.map(lambda x, d: x - coef * d, grads, delta)
-    updates, inner = optimizer.update(g, inner, anchor)
+    updates, inner = optimizer.update(_project(grads, delta), inner, anchor)
     updates = jax.tree.map(jnp.subtract, updates, delta)
     return updates, (inner, delta)
 
