@@ -63,6 +63,11 @@ class ProfitStepOutput(NamedTuple):
   aux: Any
 
 
+def _with_delta(opt_state: optax.OptState, delta: Any) -> optax.OptState:
+  """``opt_state`` with its PROFIT state's ``delta`` replaced."""
+  return _map_profit(lambda s: s._replace(delta=delta), opt_state)
+
+
 def _split_loss_output(out: Any, has_aux: bool, with_model_state: bool):
   """Returns (loss, (new_model_state, aux)) from what loss_fn returned."""
   if not with_model_state and not has_aux:
@@ -153,10 +158,7 @@ def _build_core(
     params, opt_state, model_state = carry
     # Δ from zeros (the first reference call does not read it); it leaves
     # the step stripped from the state.
-    opt_state = _map_profit(
-      lambda s: s._replace(delta=jax.tree.map(jnp.zeros_like, delta)),
-      opt_state,
-    )
+    opt_state = _with_delta(opt_state, jax.tree.map(jnp.zeros_like, delta))
     losses, auxes = [], []
     for i in range(n_ref + 1):  # written out: no loop in the program
       params, opt_state, (loss, new_ms, aux) = sub_step(
@@ -173,7 +175,7 @@ def _build_core(
     # Keep the model state of the main sub-step's forward pass.
     model_state = new_ms if with_model_state else model_state
     diag = find_profit_state(opt_state).diagnostics
-    opt_state = _map_profit(lambda s: s._replace(delta=None), opt_state)
+    opt_state = _with_delta(opt_state, None)
     metrics = {
       "loss": losses,
       "omega": diag.omega,
@@ -374,9 +376,7 @@ def profit_step(
   out = core(*args)
   # The state leaves with the Δ it came in with (see ProfitState.delta).
   delta = args[-1]
-  return out._replace(
-    opt_state=_map_profit(lambda s: s._replace(delta=delta), out.opt_state)
-  )
+  return out._replace(opt_state=_with_delta(out.opt_state, delta))
 
 
 def _core_call(
@@ -438,5 +438,5 @@ def _core_call(
     num_steps is None,
   )
   # Δ goes in apart from the state: never donated, and not read.
-  bare = _map_profit(lambda s: s._replace(delta=None), opt_state)
+  bare = _with_delta(opt_state, None)
   return core, (params, bare, model_state, stacked, state.delta)
