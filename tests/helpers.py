@@ -65,6 +65,16 @@ def run_batches(loss, tx, params, data, shard_batch=lambda b: b):
   return params, state
 
 
+def layouts(mesh, params, mixed):
+  """Two layouts of ``params`` on ``mesh``'s "data" axis: ``"fsdp"`` (every
+  leaf split along its first axis) and ``"mixed"``, the partition specs
+  ``mixed`` gives per top-level key."""
+  return {
+    "fsdp": jax.tree.map(lambda _: NamedSharding(mesh, P("data")), params),
+    "mixed": {k: NamedSharding(mesh, spec) for k, spec in mixed.items()},
+  }
+
+
 def assert_sharded_like(tree, shardings):
   """Every leaf of ``tree`` is placed as the matching leaf of ``shardings``
   (a tree of the same structure, or of one sharding per leaf)."""

@@ -90,15 +90,14 @@ def paired(
 
 def pareto(points: np.ndarray) -> np.ndarray:
   """The non-dominated rows of ``points`` (both coordinates maximised),
-  sorted by the first coordinate."""
-  points = points[np.all(np.isfinite(points), axis=1)]
-  keep = [
-    p
-    for p in points
-    if not np.any(np.all(points >= p, axis=1) & np.any(points > p, axis=1))
-  ]
-  keep = np.unique(np.asarray(keep).reshape(-1, 2), axis=0)
-  return keep[np.argsort(keep[:, 0])]
+  sorted by the first coordinate, without repeats."""
+  points = points[np.all(np.isfinite(points), axis=1)].reshape(-1, 2)
+  # By the first coordinate, then the second, both descending: a point is
+  # dominated exactly when one before it reaches its second coordinate.
+  s = points[np.lexsort((-points[:, 1], -points[:, 0]))]
+  reach = np.maximum.accumulate(s[:, 1])
+  keep = s[s[:, 1] > np.concatenate([[-np.inf], reach[:-1]])]
+  return keep[::-1]
 
 
 def gap_to_front(point: np.ndarray, front: np.ndarray) -> tuple[float, str]:
@@ -143,14 +142,22 @@ def front_verdict(
     for o, n in rivals
   ]
 
-  def gap(idx):
+  def points(idx):
+    # ``stat`` over seeds of every resample in ``idx`` (one per row) at once.
     with np.errstate(all="ignore"):
-      p = np.array([stat(old[idx]), stat(new[idx])])
-      f = np.array([[stat(o[idx]), stat(n[idx])] for o, n in rv])
-    return gap_to_front(p, f)
+      p = np.stack([stat(old[idx], axis=-1), stat(new[idx], axis=-1)], -1)
+      f = np.stack(
+        [
+          np.stack([stat(o[idx], axis=-1), stat(n[idx], axis=-1)], -1)
+          for o, n in rv
+        ],
+        -2,
+      )
+    return p, f
 
-  value, where = gap(np.arange(len(old)))
-  samples = np.array([gap(idx)[0] for idx in _resamples(len(old))[:2000]])
+  value, where = gap_to_front(*points(np.arange(len(old))))
+  ps, fs = points(_resamples(len(old))[:2000])
+  samples = np.array([gap_to_front(p, f)[0] for p, f in zip(ps, fs)])
   lo, hi = _interval(samples) if len(old) > 1 else (float("nan"),) * 2
   if not np.isfinite([lo, hi]).all():
     verdict = "undetermined"

@@ -17,15 +17,11 @@ CALLS = 9  # three cycles at n_ref 2; the warmup switches after 3 calls
 
 
 def layouts(mesh, params):
-  """FSDP (every leaf split along its first axis) and a mixed layout."""
-  fsdp = jax.tree.map(lambda _: NamedSharding(mesh, P("data")), params)
-  mixed = {
-    "w1": NamedSharding(mesh, P(None, "data")),
-    "b1": NamedSharding(mesh, P()),
-    "w2": NamedSharding(mesh, P("data", None)),
-    "b2": NamedSharding(mesh, P("data")),
-  }
-  return {"fsdp": fsdp, "mixed": mixed}
+  return helpers.layouts(
+    mesh,
+    params,
+    {"w1": P(None, "data"), "b1": P(), "w2": P("data", None), "b2": P("data")},
+  )
 
 
 @pytest.mark.parametrize("layout", ["fsdp", "mixed"])

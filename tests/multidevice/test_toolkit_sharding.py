@@ -32,14 +32,9 @@ def loss_fn(params, x):
 
 
 def layouts(mesh, params):
-  """FSDP (every leaf split along its first axis) and a mixed layout."""
-  fsdp = jax.tree.map(lambda _: NamedSharding(mesh, P("data")), params)
-  mixed = {
-    "w1": NamedSharding(mesh, P(None, "data")),
-    "b1": NamedSharding(mesh, P()),
-    "head": NamedSharding(mesh, P("data", None)),
-  }
-  return {"fsdp": fsdp, "mixed": mixed}
+  return helpers.layouts(
+    mesh, params, {"w1": P(None, "data"), "b1": P(), "head": P("data", None)}
+  )
 
 
 TRANSFORMS = {
