@@ -2,6 +2,8 @@
 
 import argparse
 
+import hypothesis
+import hypothesis.strategies as st
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -60,6 +62,29 @@ def test_gap_to_a_linear_front():
     0.2
   )
   assert stats.gap_to_front(np.array([1.2, 0.1]), front)[1] == "more retentive"
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+  st.lists(
+    st.tuples(
+      st.sampled_from([0.0, 0.5, 1.0, 2.0, np.nan]),
+      st.sampled_from([0.0, 0.5, 1.0, 2.0, np.inf]),
+    ),
+    max_size=12,
+  )
+)
+def test_pareto_is_the_non_dominated_points_by_definition(rows):
+  points = np.array(rows, np.float64).reshape(-1, 2)
+  finite = [p for p in points if np.isfinite(p).all()]
+  want = {
+    tuple(p)
+    for p in finite
+    if not any((q >= p).all() and (q > p).any() for q in finite)
+  }
+  got = stats.pareto(points)
+  assert {tuple(p) for p in got} == want and len(got) == len(want)
+  assert (np.diff(got[:, 0]) > 0).all()  # sorted by the old-task value
 
 
 def test_front_verdict_beyond_behind_and_on():
