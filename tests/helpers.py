@@ -65,12 +65,17 @@ def run_batches(loss, tx, params, data, shard_batch=lambda b: b):
   return params, state
 
 
+def fsdp_sharding(mesh, params):
+  """Shards every leaf along its first axis (FSDP-style)."""
+  return jax.tree.map(lambda _: NamedSharding(mesh, P("data")), params)
+
+
 def layouts(mesh, params, mixed):
-  """Two layouts of ``params`` on ``mesh``'s "data" axis: ``"fsdp"`` (every
-  leaf split along its first axis) and ``"mixed"``, the partition specs
-  ``mixed`` gives per top-level key."""
+  """Two layouts of ``params`` on ``mesh``'s "data" axis: ``"fsdp"``
+  (:func:`fsdp_sharding`) and ``"mixed"``, the partition specs ``mixed``
+  gives per top-level key."""
   return {
-    "fsdp": jax.tree.map(lambda _: NamedSharding(mesh, P("data")), params),
+    "fsdp": fsdp_sharding(mesh, params),
     "mixed": {k: NamedSharding(mesh, spec) for k, spec in mixed.items()},
   }
 

@@ -42,11 +42,6 @@ def batches(n, seed=1):
   return out
 
 
-def fsdp_sharding(mesh, params):
-  """Shards every leaf along its first axis (FSDP-style)."""
-  return jax.tree.map(lambda _: NamedSharding(mesh, P("data")), params)
-
-
 def replicated(mesh, tree):
   return jax.tree.map(lambda _: NamedSharding(mesh, P()), tree)
 
@@ -104,7 +99,7 @@ def _check_sharded_matches_single_device(mesh, layout, n_ref):
     lambda x: x.astype(jnp.float64), init_params(jax.random.PRNGKey(0))
   )
   if layout == "fsdp":
-    param_sharding = fsdp_sharding(mesh, params)
+    param_sharding = helpers.fsdp_sharding(mesh, params)
   else:
     param_sharding = replicated(mesh, params)
   sharded = jax.device_put(params, param_sharding)
@@ -127,7 +122,7 @@ def _check_sharded_matches_single_device(mesh, layout, n_ref):
 def test_delta_takes_the_parameter_sharding(mesh):
   tx = profit_optax.profit(optax.adam(1e-2), 1e-3)
   params = init_params(jax.random.PRNGKey(0))
-  shardings = fsdp_sharding(mesh, params)
+  shardings = helpers.fsdp_sharding(mesh, params)
   sharded = jax.device_put(params, shardings)
   state = jax.jit(tx.init)(sharded)
   helpers.assert_sharded_like(state.delta, shardings)
@@ -143,7 +138,7 @@ def test_delta_takes_the_parameter_sharding(mesh):
 def test_init_from_shape_dtype_struct(mesh):
   tx = profit_optax.profit(optax.adam(1e-2), 1e-3)
   params = init_params(jax.random.PRNGKey(0))
-  shardings = fsdp_sharding(mesh, params)
+  shardings = helpers.fsdp_sharding(mesh, params)
   direct, shapes = helpers.init_abstract_like_concrete(tx, params, shardings)
   # A state laid out from the abstract one, as a sharded restore would be.
   out_shardings = jax.tree.map(lambda _: NamedSharding(mesh, P()), shapes)
@@ -184,7 +179,7 @@ def test_update_gathers_no_parameters(mesh, n_ref):
     "w1": jax.random.normal(k1, (512, 256)),
     "w2": jax.random.normal(k2, (256, 512)),
   }
-  params = jax.device_put(big, fsdp_sharding(mesh, big))
+  params = jax.device_put(big, helpers.fsdp_sharding(mesh, big))
   state = jax.jit(tx.init)(params)
   hlo = jax.jit(tx.update).lower(params, state, params).compile().as_text()
   assert "all-gather" not in hlo
