@@ -1,5 +1,6 @@
-"""``profit_step`` and ``Δ``: at a cycle boundary it neither reads nor writes
-the state's ``Δ``, so the compiled step makes no pass over it."""
+"""``profit_step`` starts each step at a cycle boundary: it neither reads nor
+writes the state's ``Δ``, so the compiled step makes no pass over it, and a
+state taken in the middle of a per-call cycle starts a new cycle."""
 
 import re
 
@@ -67,6 +68,7 @@ def test_a_stale_delta_is_neither_read_nor_written(n_ref, num_steps):
 def test_the_compiled_step_has_no_delta_input_or_output(donate):
   # Δ is neither a parameter of the compiled program (jit drops an unused
   # argument) nor one of its results: no parameter-sized read or write.
+  # Nor is the count: each step starts its cycle at zero.
   tx = optax.chain(
     optax.clip_by_global_norm(1.0),
     profit_optax.profit(optax.adam(1e-2), 1e-3),
@@ -89,7 +91,53 @@ def test_the_compiled_step_has_no_delta_input_or_output(donate):
   n_delta = len(jax.tree.leaves(args[-1]))
   assert n_delta == 2
   assert len(re.findall(r"%arg\d+:", inputs)) == (
-    len(jax.tree.leaves(args)) - n_delta
+    len(jax.tree.leaves(args)) - n_delta - 1
   )
   assert "opt_state[1].delta" not in results
   assert "opt_state[1].inner_state" in results
+
+
+@pytest.mark.parametrize("num_steps", [None, 2])
+def test_a_state_taken_mid_cycle_starts_a_new_cycle_at_params(num_steps):
+  # One per-call reference update into a cycle (n_ref = 2, a reference
+  # optimizer with momentum): profit_step anchors a new cycle at the
+  # displaced parameters, as from a boundary state that holds the same main
+  # optimizer's state, step count and diagnostics.
+  tx = profit_optax.profit(
+    optax.adam(1e-2), None, 2, ref_optimizer=optax.sgd(1e-2, momentum=0.9)
+  )
+  x, y = batches(1 + 3 * (num_steps or 1))
+  state = tx.init(PARAMS)
+  grads = jax.grad(loss_fn)(PARAMS, (x[0], y[0]))
+  updates, mid = tx.update(grads, state, PARAMS)
+  params = optax.apply_updates(PARAMS, updates)
+  assert int(mid.count) == 1
+  assert not all(
+    np.array_equal(a, b)
+    for a, b in zip(
+      jax.tree.leaves(mid.ref_state), jax.tree.leaves(state.ref_state)
+    )
+  )
+  boundary = mid._replace(
+    count=state.count, ref_state=state.ref_state, delta=state.delta
+  )
+  stacked = (x[1:], y[1:])
+  if num_steps is not None:
+    stacked = jax.tree.map(
+      lambda a: a.reshape(num_steps, 3, *a.shape[1:]), stacked
+    )
+  got = profit_optax.profit_step(
+    loss_fn, tx, params, mid, stacked, num_steps=num_steps
+  )
+  want = profit_optax.profit_step(
+    loss_fn, tx, params, boundary, stacked, num_steps=num_steps
+  )
+  assert got.opt_state.delta is mid.delta
+  for a, b in zip(
+    jax.tree.leaves((got.params, got.opt_state._replace(delta=None))),
+    jax.tree.leaves((want.params, want.opt_state._replace(delta=None))),
+    strict=True,
+  ):
+    np.testing.assert_array_equal(a, b)
+  assert int(got.opt_state.count) == 0
+  assert int(got.opt_state.step) == (num_steps or 1)

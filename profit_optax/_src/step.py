@@ -68,6 +68,31 @@ def _with_delta(opt_state: optax.OptState, delta: Any) -> optax.OptState:
   return _map_profit(lambda s: s._replace(delta=delta), opt_state)
 
 
+def _cycle_start(
+  optimizer: optax.GradientTransformation,
+  opt_state: optax.OptState,
+  params: optax.Params,
+  delta: Any,
+) -> optax.OptState:
+  """``opt_state`` at the start of a cycle anchored at ``params``.
+
+  Its PROFIT state's count and reference-optimizer state are those of
+  ``optimizer.init(params)``, and ``Δ`` is ``delta``; the rest (the main
+  optimizer's state, the step count, the diagnostics) is kept. At a cycle
+  boundary this changes no value, and the count becomes a constant of the
+  program: each sub-step's phase bookkeeping (the first call of the cycle,
+  whether ``Δ`` grows) is known when it compiles. A state taken in the
+  middle of a per-call cycle starts a new cycle at ``params``.
+  """
+  fresh = find_profit_state(optimizer.init(params))
+  return _map_profit(
+    lambda s: s._replace(
+      count=fresh.count, ref_state=fresh.ref_state, delta=delta
+    ),
+    opt_state,
+  )
+
+
 def _split_loss_output(out: Any, has_aux: bool, with_model_state: bool):
   """Returns (loss, (new_model_state, aux)) from what loss_fn returned."""
   if not with_model_state and not has_aux:
@@ -130,10 +155,11 @@ def _build_core(
   iteration) runs a kernel several times slower.
 
   The core takes ``Δ`` apart from the state (which holds ``None`` in its
-  place) and returns the state without it. At a cycle boundary ``Δ`` is not
-  read, so each step starts from zeros that XLA folds into the first
-  reference update: the step makes no pass over ``Δ``, neither a read nor a
-  write of a parameter-sized output.
+  place) and returns the state without it. Each step starts a cycle at its
+  parameters (:func:`_cycle_start`): ``Δ`` is not read, each step starts
+  from zeros that XLA folds into the first reference update (no pass over
+  ``Δ``, neither a read nor a write of a parameter-sized output), and the
+  count is a constant, so the sub-steps' phase bookkeeping compiles away.
   """
 
   def sub_loss(params, model_state, batch):
@@ -156,9 +182,12 @@ def _build_core(
 
   def one_step(carry, batches, delta):
     params, opt_state, model_state = carry
-    # Δ from zeros (the first reference call does not read it); it leaves
-    # the step stripped from the state.
-    opt_state = _with_delta(opt_state, jax.tree.map(jnp.zeros_like, delta))
+    # The step is a whole cycle from the anchor ``params``, with Δ from
+    # zeros (the first reference call does not read it); Δ leaves the step
+    # stripped from the state.
+    opt_state = _cycle_start(
+      optimizer, opt_state, params, jax.tree.map(jnp.zeros_like, delta)
+    )
     losses, auxes = [], []
     for i in range(n_ref + 1):  # written out: no loop in the program
       params, opt_state, (loss, new_ms, aux) = sub_step(
@@ -295,9 +324,12 @@ def profit_step(
   XLA:CPU a convolution's gradient inside a loop body runs a slower kernel:
   for convolutional models there, call once per step (no loop).
 
-  ``optimizer`` must contain a :func:`profit` transformation and ``opt_state``
-  must be at a cycle boundary, as it is after ``init`` and after every
-  ``profit_step``.
+  ``optimizer`` must contain a :func:`profit` transformation. Each call is a
+  whole cycle anchored at ``params``: ``opt_state`` is at a cycle boundary
+  after ``init`` and after every ``profit_step``; one taken in the middle of
+  a cycle of per-call updates starts a new cycle at ``params`` (the
+  reference steps already taken stay in ``params``; that cycle's ``Δ`` and
+  reference-optimizer state are dropped).
 
   Model state (Flax ``batch_stats`` and the like): every sub-step's forward
   pass sees the model state given here (the anchor's); the updates that the
@@ -316,7 +348,7 @@ def profit_step(
       function object.
     optimizer: an optax transformation containing a :func:`profit`.
     params: the parameters (the anchor of this step).
-    opt_state: the optimizer state, at a cycle boundary.
+    opt_state: the optimizer state (at a cycle boundary, or see above).
     batches: an iterator of batches (``n_ref + 1`` are pulled), or a pytree of
       arrays stacked on a leading axis of length ``n_ref + 1``.
     has_aux: whether ``loss_fn`` returns auxiliary data.
