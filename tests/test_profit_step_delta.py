@@ -30,36 +30,45 @@ def batches(count):
   return x, y
 
 
-@pytest.mark.parametrize("num_steps", [None, 3])
-@pytest.mark.parametrize("n_ref", [1, 2])
-def test_a_stale_delta_is_neither_read_nor_written(n_ref, num_steps):
-  # At a cycle boundary Δ is stale: a NaN Δ must not reach the step, and
-  # the state comes back with the very Δ it was given.
-  tx = profit_optax.profit(optax.adam(1e-2), 1e-3, n_ref)
-  n = (n_ref + 1) * (num_steps or 1)
-  x, y = batches(n)
-  stacked = (x, y)
+def same_step(tx, params, state, twin, stacked, n, num_steps):
+  """``profit_step`` from ``state`` and from ``twin`` (``n`` batches a step,
+  stacked ``[num_steps, n, ...]`` unless ``num_steps`` is None): the same
+  parameters and state, ``Δ`` aside, which comes back as ``state`` gave it.
+  Returns the output from ``state``."""
   if num_steps is not None:
     stacked = jax.tree.map(
-      lambda a: a.reshape(num_steps, n_ref + 1, *a.shape[1:]), stacked
+      lambda a: a.reshape(num_steps, n, *a.shape[1:]), stacked
     )
-  clean = tx.init(PARAMS)
-  stale = clean._replace(
-    delta=jax.tree.map(lambda d: jnp.full_like(d, jnp.nan), clean.delta)
+  got = profit_optax.profit_step(
+    loss_fn, tx, params, state, stacked, num_steps=num_steps
   )
   want = profit_optax.profit_step(
-    loss_fn, tx, PARAMS, clean, stacked, num_steps=num_steps
+    loss_fn, tx, params, twin, stacked, num_steps=num_steps
   )
-  got = profit_optax.profit_step(
-    loss_fn, tx, PARAMS, stale, stacked, num_steps=num_steps
-  )
-  assert got.opt_state.delta is stale.delta
+  assert got.opt_state.delta is state.delta
   for a, b in zip(
     jax.tree.leaves((got.params, got.opt_state._replace(delta=None))),
     jax.tree.leaves((want.params, want.opt_state._replace(delta=None))),
     strict=True,
   ):
     np.testing.assert_array_equal(a, b)
+  return got
+
+
+@pytest.mark.parametrize("num_steps", [None, 3])
+@pytest.mark.parametrize("n_ref", [1, 2])
+def test_a_stale_delta_is_neither_read_nor_written(n_ref, num_steps):
+  # At a cycle boundary Δ is stale: a NaN Δ must not reach the step, and
+  # the state comes back with the very Δ it was given.
+  tx = profit_optax.profit(optax.adam(1e-2), 1e-3, n_ref)
+  clean = tx.init(PARAMS)
+  stale = clean._replace(
+    delta=jax.tree.map(lambda d: jnp.full_like(d, jnp.nan), clean.delta)
+  )
+  n = n_ref + 1
+  got = same_step(
+    tx, PARAMS, stale, clean, batches(n * (num_steps or 1)), n, num_steps
+  )
   assert int(got.opt_state.step) == (num_steps or 1)
   assert int(got.opt_state.skipped) == 0
 
@@ -121,23 +130,6 @@ def test_a_state_taken_mid_cycle_starts_a_new_cycle_at_params(num_steps):
   boundary = mid._replace(
     count=state.count, ref_state=state.ref_state, delta=state.delta
   )
-  stacked = (x[1:], y[1:])
-  if num_steps is not None:
-    stacked = jax.tree.map(
-      lambda a: a.reshape(num_steps, 3, *a.shape[1:]), stacked
-    )
-  got = profit_optax.profit_step(
-    loss_fn, tx, params, mid, stacked, num_steps=num_steps
-  )
-  want = profit_optax.profit_step(
-    loss_fn, tx, params, boundary, stacked, num_steps=num_steps
-  )
-  assert got.opt_state.delta is mid.delta
-  for a, b in zip(
-    jax.tree.leaves((got.params, got.opt_state._replace(delta=None))),
-    jax.tree.leaves((want.params, want.opt_state._replace(delta=None))),
-    strict=True,
-  ):
-    np.testing.assert_array_equal(a, b)
+  got = same_step(tx, params, mid, boundary, (x[1:], y[1:]), 3, num_steps)
   assert int(got.opt_state.count) == 0
   assert int(got.opt_state.step) == (num_steps or 1)
