@@ -72,22 +72,23 @@ def _cycle_start(
   optimizer: optax.GradientTransformation,
   opt_state: optax.OptState,
   params: optax.Params,
-  delta: Any,
 ) -> optax.OptState:
   """``opt_state`` at the start of a cycle anchored at ``params``.
 
-  Its PROFIT state's count and reference-optimizer state are those of
-  ``optimizer.init(params)``, and ``Δ`` is ``delta``; the rest (the main
-  optimizer's state, the step count, the diagnostics) is kept. At a cycle
-  boundary this changes no value, and the count becomes a constant of the
-  program: each sub-step's phase bookkeeping (the first call of the cycle,
-  whether ``Δ`` grows) is known when it compiles. A state taken in the
-  middle of a per-call cycle starts a new cycle at ``params``.
+  Its PROFIT state's count, ``Δ`` and reference-optimizer state are those of
+  ``optimizer.init(params)``; the rest (the main optimizer's state, the step
+  count, the diagnostics) is kept. At a cycle boundary this changes no value
+  that is read (``Δ`` is not, until the first reference call starts it),
+  and the count and ``Δ`` become constants of the program: each sub-step's
+  phase bookkeeping (the first call of the cycle, whether ``Δ`` grows) is
+  known when it compiles, and XLA folds ``Δ``'s zeros into the first
+  reference update. A state taken in the middle of a per-call cycle starts a
+  new cycle at ``params``.
   """
   fresh = find_profit_state(optimizer.init(params))
   return _map_profit(
     lambda s: s._replace(
-      count=fresh.count, ref_state=fresh.ref_state, delta=delta
+      count=fresh.count, ref_state=fresh.ref_state, delta=fresh.delta
     ),
     opt_state,
   )
@@ -154,12 +155,11 @@ def _build_core(
   XLA:CPU a convolution's gradient inside a loop body (even one of a single
   iteration) runs a kernel several times slower.
 
-  The core takes ``Δ`` apart from the state (which holds ``None`` in its
-  place) and returns the state without it. Each step starts a cycle at its
-  parameters (:func:`_cycle_start`): ``Δ`` is not read, each step starts
-  from zeros that XLA folds into the first reference update (no pass over
-  ``Δ``, neither a read nor a write of a parameter-sized output), and the
-  count is a constant, so the sub-steps' phase bookkeeping compiles away.
+  The core takes and returns the state without ``Δ`` (``None`` in its
+  place). Each step starts a cycle at its parameters (:func:`_cycle_start`),
+  with ``Δ`` and the count constants: no pass over ``Δ``, neither a read nor
+  a write of a parameter-sized output, and the sub-steps' phase bookkeeping
+  compiles away.
   """
 
   def sub_loss(params, model_state, batch):
@@ -180,14 +180,11 @@ def _build_core(
     )
     return optax.apply_updates(params, updates), opt_state, (loss, new_ms, aux)
 
-  def one_step(carry, batches, delta):
+  def one_step(carry, batches):
     params, opt_state, model_state = carry
-    # The step is a whole cycle from the anchor ``params``, with Δ from
-    # zeros (the first reference call does not read it); Δ leaves the step
-    # stripped from the state.
-    opt_state = _cycle_start(
-      optimizer, opt_state, params, jax.tree.map(jnp.zeros_like, delta)
-    )
+    # The step is a whole cycle from the anchor ``params``; Δ leaves the
+    # step stripped from the state.
+    opt_state = _cycle_start(optimizer, opt_state, params)
     losses, auxes = [], []
     for i in range(n_ref + 1):  # written out: no loop in the program
       params, opt_state, (loss, new_ms, aux) = sub_step(
@@ -214,13 +211,12 @@ def _build_core(
     }
     return (params, opt_state, model_state), (metrics, aux)
 
-  def core(params, opt_state, model_state, batches, delta):
+  def core(params, opt_state, model_state, batches):
     carry = (params, opt_state, model_state)
-    step = functools.partial(one_step, delta=delta)
     if single:
-      carry, (metrics, aux) = step(carry, batches)
+      carry, (metrics, aux) = one_step(carry, batches)
     else:
-      carry, (metrics, aux) = jax.lax.scan(step, carry, batches)
+      carry, (metrics, aux) = jax.lax.scan(one_step, carry, batches)
     params, opt_state, model_state = carry
     return ProfitStepOutput(
       params,
@@ -407,7 +403,7 @@ def profit_step(
   )
   out = core(*args)
   # The state leaves with the Δ it came in with (see ProfitState.delta).
-  delta = args[-1]
+  delta = find_profit_state(opt_state).delta
   return out._replace(opt_state=_with_delta(out.opt_state, delta))
 
 
@@ -425,7 +421,7 @@ def _core_call(
 ) -> tuple[Callable[..., ProfitStepOutput], tuple[Any, ...]]:
   """Checks :func:`profit_step`'s arguments; returns its compiled core and
   the core's arguments: ``(params, opt_state without Δ, model_state,
-  batches stacked, Δ)``. The core returns the state without Δ.
+  batches stacked)``. The core returns the state without Δ.
   """
   if not callable(loss_fn):
     raise TypeError(f"`loss_fn` must be callable; got {loss_fn!r}.")
@@ -469,6 +465,6 @@ def _core_call(
     bool(donate),
     num_steps is None,
   )
-  # Δ goes in apart from the state: never donated, and not read.
+  # Δ stays out of the core: never donated, and not read.
   bare = _with_delta(opt_state, None)
-  return core, (params, bare, model_state, stacked, state.delta)
+  return core, (params, bare, model_state, stacked)
