@@ -85,7 +85,7 @@ def test_the_compiled_step_has_no_delta_input_or_output(donate):
   )
   params = jax.tree.map(jnp.copy, PARAMS)
   state = tx.init(params)
-  core, args = _core_call(
+  core, args, _ = _core_call(
     loss_fn,
     tx,
     params,

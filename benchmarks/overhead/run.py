@@ -255,7 +255,7 @@ def step_passes(model: Model, n_ref: int) -> dict:
     for name, fn in steps.items()
   }
   profit = profit_optax.profit(optax.adam(LR), LR_REF, n_ref=n_ref)
-  core, args = _step._core_call(
+  core, args, _ = _step._core_call(
     model.loss,
     profit,
     params,

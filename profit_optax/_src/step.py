@@ -390,7 +390,7 @@ def profit_step(
     Chakravarthy et al., `PROFIT: A Specialized Optimizer for Deep Fine
     Tuning <https://arxiv.org/abs/2412.01930>`_, 2024
   """
-  core, args = _core_call(
+  core, args, delta = _core_call(
     loss_fn,
     optimizer,
     params,
@@ -403,7 +403,6 @@ def profit_step(
   )
   out = core(*args)
   # The state leaves with the Δ it came in with (see ProfitState.delta).
-  delta = find_profit_state(opt_state).delta
   return out._replace(opt_state=_with_delta(out.opt_state, delta))
 
 
@@ -418,10 +417,10 @@ def _core_call(
   model_state: Any | None,
   donate: bool,
   num_steps: int | None,
-) -> tuple[Callable[..., ProfitStepOutput], tuple[Any, ...]]:
-  """Checks :func:`profit_step`'s arguments; returns its compiled core and
-  the core's arguments: ``(params, opt_state without Δ, model_state,
-  batches stacked)``. The core returns the state without Δ.
+) -> tuple[Callable[..., ProfitStepOutput], tuple[Any, ...], Any]:
+  """Checks :func:`profit_step`'s arguments; returns its compiled core, the
+  core's arguments ``(params, opt_state without Δ, model_state, batches
+  stacked)``, and the state's ``Δ``. The core returns the state without Δ.
   """
   if not callable(loss_fn):
     raise TypeError(f"`loss_fn` must be callable; got {loss_fn!r}.")
@@ -467,4 +466,4 @@ def _core_call(
   )
   # Δ stays out of the core: never donated, and not read.
   bare = _with_delta(opt_state, None)
-  return core, (params, bare, model_state, stacked)
+  return core, (params, bare, model_state, stacked), state.delta
